@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test sync export bench
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python -m compkit.demo --out demo_out
+
+export: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	$(BIN)/python tools/nb2md.py nbs/index.ipynb README.md
+
+# notebooks are the source: the committed modules and README must be what the committed notebooks make
+sync: export
+	@changed="$$(git status --porcelain -- compkit nbs README.md)"; if [ -n "$$changed" ]; then \
+	  echo "nbs/ and compkit/ are out of sync (run make export and commit):"; echo "$$changed"; git diff --stat -- compkit nbs README.md; exit 1; fi
+
+test: sync
+	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
