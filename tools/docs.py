@@ -2,7 +2,7 @@
 runs), nbconvert's HTML for the cells and one page template with a sidebar. No notebook cell runs: the pages show the
 stored outputs, and show_doc entries are rendered from the exported modules.
 Run: python tools/docs.py [OUT_DIR]   (default: settings.ini's doc_path, _docs)"""
-import ast, html, importlib, inspect, posixpath, re, shutil, sys
+import ast, html, importlib, inspect, json, posixpath, re, shutil, sys
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +13,7 @@ from execnb.nbio import mk_cell, nb2dict
 from fastcore.docments import DocmentTbl, DocmentText
 from nbconvert import HTMLExporter
 from nbconvert.filters.markdown_mistune import markdown2html_mistune
-from nbconvert.preprocessors import TagRemovePreprocessor
+from nbconvert.preprocessors import CoalesceStreamsPreprocessor, TagRemovePreprocessor
 from nbdev.config import get_config
 from nbdev.process import NBProcessor, Processor
 from nbdev.processors import FilterDefaults, add_show_docs, exec_show_docs
@@ -148,7 +148,11 @@ def _for_nbconvert(nb):
             if opts.get('code-fold') in ('true', 'show'): md.update(code_fold=opts['code-fold'], code_summary=opts.get('code-summary', 'Code'))
             c.pop('has_sd', None)
         cells.append(c)
-    return nbformat.from_dict(dict(nb2dict(nb), cells=cells))
+    node = nbformat.reads(json.dumps(dict(nb2dict(nb), cells=cells)), as_version=4)   # reads joins the outputs' lines
+    node, _ = CoalesceStreamsPreprocessor().preprocess(node, {})  # a progress bar's \r-updates end as Jupyter shows them
+    for c in node.cells:
+        if c.cell_type == 'code': c.outputs = [o for o in c.outputs if o.output_type != 'stream' or o.text.strip()]
+    return node
 
 def _exporter():
     ex = HTMLExporter(template_name='classic', template_file=str(SITE/'cells.html.j2'), exclude_input_prompt=True, exclude_output_prompt=True)
