@@ -73,6 +73,7 @@ def module(nb):
     return exp and f'{get_config().lib_name}.{exp}'
 
 def _show_doc_calls(cell):
+    "The `show_doc(...)` calls a code cell makes"
     trees = cell.parsed_() or []
     return [t.value for t in trees if isinstance(t, ast.Expr) and getattr(getattr(t.value, 'func', None), 'id', None) == 'show_doc']
 
@@ -126,12 +127,11 @@ def _procs():
     procs = [show_docs_from_modules if p is exec_show_docs else p for p in FilterDefaults().procs()]
     return [join_summary] + procs[:procs.index(add_show_docs)+1] + [add_constant_docs] + procs[procs.index(add_show_docs)+1:]
 
-def _quarto_opts(cell):
-    "Take the Quarto options (`#| echo: false`) that nbdev leaves at the top of a code cell out of its source"
-    lines = cell.source.splitlines(keepends=True)
+def _quarto_opts(src):
+    "The Quarto options (`#| echo: false`) that nbdev leaves at the top of a code cell's `src`, and the code without them"
+    lines = src.splitlines(keepends=True)
     n = next((i for i, l in enumerate(lines) if not l.lstrip().startswith('#|')), len(lines))
-    cell.source = ''.join(lines[n:])
-    return {m[1]: m[2].strip('"\'') for l in lines[:n] if (m := re.match(r'\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$', l))}
+    return {m[1]: m[2].strip('"\'') for l in lines[:n] if (m := re.match(r'\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$', l))}, ''.join(lines[n:])
 
 def _for_nbconvert(nb):
     "nbdev's processed notebook as an nbformat node, with the Quarto cell options it relies on applied"
@@ -140,8 +140,7 @@ def _for_nbconvert(nb):
         c['source'] = ''.join(c['source'])
         if c['cell_type'] == 'raw' or re.fullmatch(r'\s*<!--.*?-->\s*', c['source'], re.S): continue  # front matter, nbdev's warning
         if c['cell_type'] == 'code':
-            opts, md = _quarto_opts(cell := SimpleNamespace(source=c['source'])), c.setdefault('metadata', {})
-            c['source'] = cell.source
+            (opts, c['source']), md = _quarto_opts(c['source']), c.setdefault('metadata', {})
             if opts.get('include') == 'false': continue
             if opts.get('output') == 'false': c['outputs'] = []
             if opts.get('echo') == 'false' or not c['source'].strip(): md.setdefault('tags', []).append('remove_input')
@@ -191,9 +190,9 @@ def _local_refs(body):
     for u in re.findall(r'(?:src|href)="([^"#?]+)', body):
         if not urlsplit(u).scheme and not u.startswith('//') and not u.endswith('.html'): yield unquote(u)
 
-def build(out=None, root='.'):
-    "Build the site from `root`'s notebooks into `out`; returns the pages (file, title, module, html)"
-    cfg = get_config(path=root)
+def build(out=None):
+    "Build the site from the notebooks of the project we are in (nbdev reads its settings.ini) into `out`; returns the pages"
+    cfg = get_config()
     nbs, out = cfg.nbs_path, Path(out or cfg.doc_path)
     doc_url = cfg.doc_host.rstrip('/') + '/' + cfg.doc_baseurl.strip('/') + '/'
     paths = sorted(p.relative_to(nbs) for p in nbs.rglob('*.ipynb')
