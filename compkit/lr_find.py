@@ -28,14 +28,14 @@ def lr_bounds(lrs, # learning rates of the range test, increasing
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lrs) != len(losses): raise ValueError(f"lrs has {len(lrs)} values but losses has {len(losses)}")
     if not np.isfinite(losses).all(): raise ValueError(f"loss {int(np.flatnonzero(~np.isfinite(losses))[0])} is not finite: cut the curve at the first NaN/inf")
-    end = int(losses.argmin()) + 1 # the descent lies before the lowest loss
-    if end < 3: raise ValueError(f"the loss is lowest at lr={lrs[end-1]:.2e}, the {end}. of {len(lrs)} points: too few points before it to find a descent; lower start_lr")
+    if len(lrs) < 3: raise ValueError(f"{len(lrs)} points are too few to find a descent: run the test for more iterations")
+    end = max(int(losses.argmin()) + 1, 3) # the descent lies before the lowest loss (a curve lowest at its start has none: warned below)
     slope = np.gradient(losses[:end], np.log10(lrs[:end])) # loss change per decade of lr
     steep = 1 + int(slope[1:].argmin()) # the first point's one-sided difference is the least reliable, and lr_min needs a point below
     start = steep
     while start > 0 and slope[start-1] < min_slope * slope[steep]: start -= 1
     start = min(start, steep - 1)
-    drop = (losses[start] - losses[end-1]) / abs(losses[start])
+    drop = (losses[start] - losses[start:end].min()) / abs(losses[start])
     if drop < min_drop: warnings.warn(f"the loss falls only {drop:.1%} below its value at lr_min: no clear descent (an already trained model?), so the bounds are read from noise; take lr_max below where the loss starts to rise")
     return float(lrs[start]), float(lrs[steep]), (start, steep)
 
