@@ -138,4 +138,5 @@ d = { 'settings': { 'branch': 'main',
                                   'compkit.sampling.PKSampler.__call__': ('sampling.html#pksampler.__call__', 'compkit/sampling.py'),
                                   'compkit.sampling.PKSampler.__init__': ('sampling.html#pksampler.__init__', 'compkit/sampling.py'),
                                   'compkit.sampling.drop_singletons': ('sampling.html#drop_singletons', 'compkit/sampling.py'),
-                                  'compkit.sampling.pk_dataloaders': ('sampling.html#pk_dataloaders', 'compkit/sampling.py')}}}
+                                  'compkit.sampling.pk_dataloaders': ('sampling.html#pk_dataloaders', 'compkit/sampling.py'),
+                                  'compkit.sampling.with_train': ('sampling.html#with_train', 'compkit/sampling.py')}}}
