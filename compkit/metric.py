@@ -41,7 +41,7 @@ class MarginHead(nn.Module):
         return cos.scatter(1, t, self.margin(cos.gather(1, t))) * self.s
     def extra_repr(self): return f'n_emb={self.weight.shape[1]}, n_out={self.weight.shape[0]}, m={self.m}, s={self.s}'
 
-# %% ../nbs/60_metric.ipynb #90cfe3c2
+# %% ../nbs/60_metric.ipynb #de4ad36c
 class ArcFace(MarginHead):
     "ArcFace head: the target class's logit is `s`·cos(θ + `m`), an additive angular margin of `m` radians"
     def __init__(self,
@@ -55,7 +55,7 @@ class ArcFace(MarginHead):
         # beyond θ = π - m, cos(θ + m) would rise again; fall back to cos θ - m·sin m (InsightFace's) to keep the logit decreasing in θ
         return torch.where(theta <= math.pi - self.m, (theta + self.m).cos(), cos_t - self.m * math.sin(self.m))
 
-# %% ../nbs/60_metric.ipynb #547ff94b
+# %% ../nbs/60_metric.ipynb #bc21a885
 class CosFace(MarginHead):
     "CosFace head: the target class's logit is `s`·(cos θ − `m`), an additive cosine margin"
     def __init__(self,
@@ -66,7 +66,7 @@ class CosFace(MarginHead):
                 ): super().__init__(n_emb, n_out, m, s)
     def margin(self, cos_t): return cos_t - self.m
 
-# %% ../nbs/60_metric.ipynb #5ddb099f
+# %% ../nbs/60_metric.ipynb #961aa772
 class TripletLoss(nn.Module):
     "Batch-hard triplet loss: each anchor's farthest positive and nearest negative in the batch, hinged at `margin`"
     def __init__(self,
@@ -88,7 +88,7 @@ class TripletLoss(nn.Module):
         # a masked mean rather than indexing: no host sync, and 0 (with a graph for backward) when no anchor has a triplet
         return torch.where(has_triplet, F.relu(d_ap - d_an + self.margin), 0).sum() / has_triplet.sum().clamp_min(1)
 
-# %% ../nbs/60_metric.ipynb #cbde227f
+# %% ../nbs/60_metric.ipynb #208ec9f7
 class EmbeddingModel(nn.Module):
     "`embedder` (images to embeddings) then `head`; `forward(x, y)` hands the targets to a margin head, `embed(x)` returns the embeddings"
     def __init__(self,
@@ -99,14 +99,14 @@ class EmbeddingModel(nn.Module):
     def embed(self, x): return self.embedder(x)
     def forward(self, x, *yb): return self.head(self.embedder(x), *yb)
 
-# %% ../nbs/60_metric.ipynb #2e6d101f
+# %% ../nbs/60_metric.ipynb #b53a0c6a
 class MarginTargets(Callback):
     "Pass the targets to the model on training batches, `model(x, y)`, for a margin head that needs them"
     # late, so that the batch it extends is final: after any callback that edits xb or yb in before_batch (fastai's MixUp and CutMix run at 0)
     order, run_valid = MixedPrecision.order + 1, False
     def before_batch(self): self.learn.xb = (*self.xb, *self.yb)
 
-# %% ../nbs/60_metric.ipynb #493bc6e3
+# %% ../nbs/60_metric.ipynb #ea21b64f
 def _split_with_head(m, splitter):
     "The embedder's parameter groups, with the head's parameters in the last (trained at the head's lr, never frozen)"
     groups = list(splitter(m.embedder))

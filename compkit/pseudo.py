@@ -32,7 +32,7 @@ class PseudoLabels(NamedTuple):
                              'taken %': (100 * taken / predicted.clamp_min(1)).round().int().tolist(),
                              'mean conf': [round(v, 3) if t else None for v, t in zip(conf.tolist(), taken.tolist())]})
 
-# %% ../nbs/64_pseudo.ipynb #f71fe39c
+# %% ../nbs/64_pseudo.ipynb #44aa1415
 def pseudo_labels(probs:torch.Tensor, # (N, C) class probabilities of the unlabelled items: `get_preds`, TTA, an ensemble's mean
                   threshold:float=0.9, # keep an item when its top probability is above this
                  ) -> PseudoLabels:
@@ -47,7 +47,7 @@ def pseudo_labels(probs:torch.Tensor, # (N, C) class probabilities of the unlabe
     idx = (conf > threshold).nonzero().flatten()
     return PseudoLabels(idx, y[idx], conf[idx], probs)
 
-# %% ../nbs/64_pseudo.ipynb #4aab6341
+# %% ../nbs/64_pseudo.ipynb #684707eb
 def pseudo_dataloaders(dls:DeviceDataLoaders, # the loaders the model was trained on (class targets)
                        unlabelled, # the unlabelled images: the `test_dl` the predictions came from, or uint8 images as `test_dl` takes them
                        pl:PseudoLabels, # the pseudo-labels of `unlabelled` (`pseudo_labels`)

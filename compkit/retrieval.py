@@ -111,7 +111,7 @@ def get_embeddings(self:Learner,
     ys = [y for _, y in batches]
     return torch.cat([e for e, _ in batches]), (None if ys[0] is None else torch.cat(ys).as_subclass(torch.Tensor))
 
-# %% ../nbs/62_retrieval.ipynb #61d263da
+# %% ../nbs/62_retrieval.ipynb #cf96ec1d
 @patch
 def retrieve(self:Learner,
              k:int=5, # classes per query

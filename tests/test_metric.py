@@ -132,6 +132,7 @@ def test_targets_reach_model_in_training_only_and_compose(dls, tmp_path):
     saved = torch.load(tmp_path/'models/best.pth')
     assert 'head.weight' in saved
     with learn.no_bar(): learn.get_preds()
+    assert 'ArcFace' in learn.summary()     # summary runs the model as get_preds does: model(x)
     assert spy.n_inp[False] == {1}
 
 def test_margin_head_without_callback_is_refused(dls):
