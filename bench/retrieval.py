@@ -5,7 +5,7 @@
 - one epoch of PK indices: `PKSampler` vs pytorch-metric-learning's `MPerClassSampler` (skipped if not installed).
 Run: python bench/retrieval.py [--queries 2000] [--gallery 25000] [--dim 256] [--threads N]"""
 import argparse, os, platform, statistics, time
-import numpy as np, torch, torch.nn.functional as F
+import torch, torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 from compkit.core import device_generator
 from compkit.retrieval import topk_similar, rank_classes

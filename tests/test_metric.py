@@ -1,7 +1,6 @@
 "Metric learning: losses against pytorch-metric-learning, margin heads in a real fastai Learner (optimizer, save, export, lr_find, fastai callbacks), PK batches through fit."
 import math
-from functools import partial
-import numpy as np, pytest, timm, torch, torch.nn.functional as F
+import pytest, timm, torch, torch.nn.functional as F
 from torch import nn
 from fastai.callback.core import Callback
 from fastai.callback.training import GradientAccumulation
