@@ -1,7 +1,6 @@
 "Metric learning: losses against pytorch-metric-learning, margin heads in a real fastai Learner (optimizer, save, export, lr_find, fastai callbacks), PK batches through fit."
 import math
-from functools import partial
-import numpy as np, pytest, timm, torch, torch.nn.functional as F
+import pytest, timm, torch, torch.nn.functional as F
 from torch import nn
 from fastai.callback.core import Callback
 from fastai.callback.training import GradientAccumulation
@@ -132,6 +131,7 @@ def test_targets_reach_model_in_training_only_and_compose(dls, tmp_path):
     saved = torch.load(tmp_path/'models/best.pth')
     assert 'head.weight' in saved
     with learn.no_bar(): learn.get_preds()
+    assert 'ArcFace' in learn.summary()     # summary runs the model as get_preds does: model(x)
     assert spy.n_inp[False] == {1}
 
 def test_margin_head_without_callback_is_refused(dls):

@@ -5,7 +5,6 @@ from torch import nn
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
 from compkit.learner import timm_learner
-from compkit.metric import metric_learner, TripletLoss
 from compkit.sampling import pk_dataloaders
 from compkit.pseudo import pseudo_labels, pseudo_dataloaders
 
