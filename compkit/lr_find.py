@@ -22,7 +22,7 @@ __all__ = ['lr_bounds']
 def lr_bounds(lrs, # learning rates of the range test, increasing
               losses, # the smoothed loss at each of them
               min_slope:float=0.1, # the loss "still decreases" while it falls at least this fraction of the steepest rate
-              min_drop:float=0.1, # warn when the loss falls less than this fraction from `lr_min` to its lowest point
+              min_depth:float=50, # warn when the descent is less deep than this many times the curve's roughness
              ) -> tuple:
     "SGDR's bounds from a range test: `lr_max` where `losses` fall fastest per decade, `lr_min` where that descent starts"
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
@@ -35,8 +35,11 @@ def lr_bounds(lrs, # learning rates of the range test, increasing
     start = steep
     while start > 0 and slope[start-1] < min_slope * slope[steep]: start -= 1
     start = min(start, steep - 1)
-    drop = (losses[start] - losses[start:end].min()) / abs(losses[start])
-    if drop < min_drop: warnings.warn(f"the loss falls only {drop:.1%} below its value at lr_min: no clear descent (an already trained model?), so the bounds are read from noise; take lr_max below where the loss starts to rise")
+    depth = losses[start] - losses[start:end].min()
+    rough = np.median(np.abs(np.diff(losses[:end], 2))) # wiggles of a noisy curve; a smooth descent has next to none
+    ratio = depth / rough if rough > 0 else np.inf if depth > 0 else 0.
+    if ratio < min_depth: warnings.warn(f"below lr_min the loss falls only {ratio:.0f}x its point-to-point roughness (a clear descent falls hundreds of times): "
+                                        "an already trained model? The bounds are read from noise; take lr_max below where the loss starts to rise")
     return float(lrs[start]), float(lrs[steep]), (start, steep)
 
 # %% ../nbs/40_lr_find.ipynb #73f59a21
@@ -85,6 +88,7 @@ def lr_find_bounds(self:Learner,
                    num_it:int=100, # batches in the test
                    stop_div:bool=True, # stop once the smoothed loss passes 4x its best
                    min_slope:float=0.1, # see `lr_bounds`
+                   min_depth:float=50, # see `lr_bounds`
                    show_plot:bool=True, # plot the curve with both bounds marked
                    suggest_funcs=(SuggestionMethod.Valley,), # fastai's suggestions, also returned
                   ):
@@ -98,7 +102,7 @@ def lr_find_bounds(self:Learner,
     if n < 3: raise ValueError(f"the loss was not finite after {n} batch(es), at lr={lrs[min(n, len(lrs)-1)]:.2e}: check the data and the model for NaN before tuning the lr")
     skip = min(num_it // 10, n - 3) # the smoother's warm-up, as fastai skips it
     lrs, losses = lrs[skip:n], losses[skip:n]
-    lr_min, lr_max, (i, j) = lr_bounds(lrs, losses, min_slope)
+    lr_min, lr_max, (i, j) = lr_bounds(lrs, losses, min_slope, min_depth)
     names, sugg = ['lr_min', 'lr_max'], [lr_min, lr_max]
     pnts = [(lr_min, losses[i]), (lr_max, losses[j])]
     tail = len(losses) - min(5, len(losses) // 4) # fastai's suggestions read the curve without its divergent end
