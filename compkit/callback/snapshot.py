@@ -75,7 +75,9 @@ def fit_sgdr_snapshots(self:Learner,
                        lr_min=0., # floor of each cycle, in the same forms; e.g. `lr_find_bounds().lr_min`
                        cycle_mult:int=1, # each cycle is this many times longer than the one before
                        cbs=None, # more callbacks for this fit
-                       reset_opt:bool=False, wd=None, start_epoch:int=0, # as in fastai's `fit_sgdr`
+                       reset_opt:bool=False, # as in fastai's `fit_sgdr`
+                       wd=None, # weight decay, as in fastai's `fit_sgdr`
+                       start_epoch:int=0, # resume at this epoch, as in fastai's `fit_sgdr`
                        **kwargs, # passed to `SnapshotEnsemble`: `to_disk`, `fname`
                       ):
     "SGDR (cosine from `lr_max` down to `lr_min`, `n_cycles` restarts) keeping a snapshot at the end of each cycle"

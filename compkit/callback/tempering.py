@@ -74,7 +74,10 @@ class Tempering(Callback):
             print(f"Tempering: switching to augmented data from epoch {self.n_trained}: bs {self.sizes[0]} -> {self.sizes[1]}, lr x{self.factor:.3g}")
 
     @staticmethod
-    def overfitting(hist:list, patience:int=2, gap:float|None=None) -> bool:
+    def overfitting(hist:list, # (train_loss, valid_loss) per epoch
+                    patience:int=2, # rises of the valid loss in a row, each while the train loss fell
+                    gap:float|None=None, # or a last valid_loss - train_loss above this
+                   ) -> bool:
         "Whether `hist` of (train_loss, valid_loss) ends with `patience` rises of the valid loss as the train loss falls, or a gap above `gap`"
         if gap is not None and hist and hist[-1][1] - hist[-1][0] > gap: return True
         if len(hist) <= patience: return False
