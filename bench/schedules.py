@@ -1,0 +1,62 @@
+"""Wall time of compkit's schedules against their fastai peers, measured in the same run on the same learner:
+`lr_find_bounds` vs fastai's `lr_find` (goal <= 1.05x), and `fit_sgdr_snapshots` (in memory, on disk) vs fastai's
+`fit_sgdr` (goal <= 2% overhead). Interleaved repeats, medians.
+Run: python bench/schedules.py [--arch small|resnet10t] [--size 16] [--repeats 5]"""
+import argparse, os, platform, statistics, tempfile, time, warnings
+from pathlib import Path
+import torch
+from torch import nn
+from compkit.core import seed_everything, get_device
+from compkit.datasets import digits
+from compkit.data import DeviceDataLoaders
+from compkit.learner import timm_learner
+import compkit.lr_find, compkit.callback.snapshot # Learner.lr_find_bounds, Learner.fit_sgdr_snapshots
+
+def block(ni, nf, stride): return [nn.Conv2d(ni, nf, 3, stride, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU()]
+def small_cnn(): return nn.Sequential(*block(1, 16, 1), *block(16, 32, 2), *block(32, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+def timed(f):
+    "Seconds `f` takes, the device synchronized"
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+    t = time.perf_counter(); f()
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+def main(arch, size, repeats):
+    dls = DeviceDataLoaders.from_tensorset(digits(size), bs=64, seed=0)
+    path = Path(tempfile.mkdtemp())
+    def learner():
+        seed_everything(0)
+        learn = timm_learner(dls, small_cnn() if arch == 'small' else arch, path=path)
+        learn.remove_cb(learn.progress) # time the work, not the progress bar
+        return learn
+    runs = {
+        'fastai lr_find': lambda l: l.lr_find(show_plot=False),
+        'compkit lr_find_bounds': lambda l: l.lr_find_bounds(show_plot=False),
+        'fastai fit_sgdr(3, 1, cycle_mult=2)': lambda l: l.fit_sgdr(3, 1, 1e-2, cycle_mult=2),
+        'compkit fit_sgdr_snapshots, in memory': lambda l: l.fit_sgdr_snapshots(3, 1, 1e-2, cycle_mult=2),
+        'compkit fit_sgdr_snapshots, to_disk': lambda l: l.fit_sgdr_snapshots(3, 1, 1e-2, cycle_mult=2, to_disk=True),
+    }
+    for name, run in runs.items(): # warm-up: allocator, kernels, imports
+        learn = learner()
+        with learn.no_logging(), warnings.catch_warnings(): warnings.simplefilter('ignore'); run(learn)
+    times = {k: [] for k in runs}
+    for _ in range(repeats): # interleaved, so that a slow spell of a shared machine hits every variant alike
+        for name, run in runs.items():
+            learn = learner()
+            with learn.no_logging(), warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                times[name].append(timed(lambda: run(learn)))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    peers = {'compkit lr_find_bounds': 'fastai lr_find', 'compkit fit_sgdr_snapshots, in memory': 'fastai fit_sgdr(3, 1, cycle_mult=2)',
+             'compkit fit_sgdr_snapshots, to_disk': 'fastai fit_sgdr(3, 1, cycle_mult=2)'}
+    print(f"\n## Schedules vs fastai ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+          f"device {get_device()}, {arch} on {size} px digits, bs 64, median of {repeats}, torch {torch.__version__})\n")
+    print("| run | median s | min s | peer | this / peer |\n|---|---|---|---|---|")
+    for k, v in med.items():
+        p = peers.get(k)
+        print(f"| {k} | {v:.2f} | {min(times[k]):.2f} | {p or '-'} | {f'{v / med[p]:.3f}x' if p else '-'} |")
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(); p.add_argument('--arch', default='small'); p.add_argument('--size', type=int, default=16); p.add_argument('--repeats', type=int, default=5)
+    a = p.parse_args(); main(a.arch, a.size, a.repeats)
