@@ -23,7 +23,8 @@ class MultiHeadLoss:
         self.losses, self.weights, self.reduction = list(losses), list(weights or [1.] * len(losses)), reduction
         if len(self.weights) != len(self.losses): raise ValueError(f"{len(self.losses)} losses but {len(self.weights)} weights: give one weight per head")
 
-    def __call__(self, preds, *yb):
+    def __call__(self, preds, # the model's outputs, a tuple with one per head
+                 *yb): # the batch's targets, one per head
         if not isinstance(preds, (tuple, list)) or len(preds) != len(self.losses) or len(yb) != len(self.losses):
             n = len(preds) if isinstance(preds, (tuple, list)) else 'a single tensor'
             raise ValueError(f"MultiHeadLoss has {len(self.losses)} losses but the model returned {n} outputs and the batch has {len(yb)} "
