@@ -157,7 +157,7 @@ def _can_unreduce(lf) -> bool:
 class MixUp(MixUpCutMix):
     "MixUp (Zhang et al. 2018): each image and its targets blended with a partner's by λ ~ Beta(`alpha`, `alpha`)"
     def __init__(self,
-                 alpha:float=0.4, # 0.2-0.4 in the paper; timm's ImageNet recipe uses 0.8 with CutMix
+                 alpha:float=0.4, # 0.1-0.4 for ImageNet in the paper (1 for CIFAR-10); timm's ImageNet recipe uses 0.8 with CutMix
                  mode:str='batch', # 'batch': one λ for the batch; 'elem': one per image
                  stop_at:float|int|None=None, # clean data from this fraction of training (a float) or this epoch (an int) on
                 ):
