@@ -17,13 +17,14 @@ class MultiHeadLoss:
     "The loss of a model with several heads: `losses[i]` on head i's output and the batch's target i, summed with per-head `weights`"
     def __init__(self,
                  losses:list, # one loss per head: `CrossEntropyLossFlat()`, `FocalLossFlat()`, `BCEWithLogitsLossFlat()`, ...
-                 weights:list|None=None, # each head's weight in the sum (default 1 each); Bengali.AI solutions weighted the root 2:1:1
+                 weights:list|None=None, # each head's weight in the sum (default 1 each), e.g. 2:1:1 to match Bengali.AI's metric
                  reduction:str='mean', # 'mean': each head's own reduction; 'none': one loss per item; 'sum': their sum
                 ):
         self.losses, self.weights, self.reduction = list(losses), list(weights or [1.] * len(losses)), reduction
         if len(self.weights) != len(self.losses): raise ValueError(f"{len(self.losses)} losses but {len(self.weights)} weights: give one weight per head")
 
-    def __call__(self, preds, *yb):
+    def __call__(self, preds, # the model's outputs, a tuple with one per head
+                 *yb): # the batch's targets, one per head
         if not isinstance(preds, (tuple, list)) or len(preds) != len(self.losses) or len(yb) != len(self.losses):
             n = len(preds) if isinstance(preds, (tuple, list)) else 'a single tensor'
             raise ValueError(f"MultiHeadLoss has {len(self.losses)} losses but the model returned {n} outputs and the batch has {len(yb)} "
