@@ -37,7 +37,7 @@ def timm_learner(dls, # `DataLoaders` (compkit's `DeviceDataLoaders` or fastai's
                  **kwargs, # passed to fastai's `vision_learner` (head and `Learner` options) or `Learner`
                 ) -> Learner:
     "A fastai `Learner` on `dls` for a timm model name (timm body + fastai head) or an `nn.Module`, weights from a local file"
-    n_in = ifnone(n_in, dls.one_batch()[0].shape[1])
+    if n_in is None: n_in = dls.one_batch()[0].shape[1]
     if not isinstance(arch, str):
         return Learner(dls, arch, metrics=metrics, splitter=ifnone(splitter, head_splitter), **kwargs)
     if weights is not None:
