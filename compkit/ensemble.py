@@ -64,6 +64,12 @@ def fit_weights(preds:list, # each model's held-out predictions (N, ...), activa
     return w / w.sum()
 
 # %% ../nbs/51_ensemble.ipynb #dc5c0c69
+def _per_learner(dl, learners):
+    "`dl` as one loader per learner: a list is checked, anything else is shared"
+    if not isinstance(dl, (list, tuple)): return [dl] * len(learners)
+    if len(dl) != len(learners): raise ValueError(f"dl is a list of {len(dl)} loaders for {len(learners)} learners: give one per learner")
+    return dl
+
 def _check_targets(i, t, targs):
     "Targets of `learners[i]`, checked against those of the first learner"
     if targs is not None and t is not None and not torch.equal(torch.as_tensor(t), torch.as_tensor(targs)):
@@ -71,14 +77,14 @@ def _check_targets(i, t, targs):
     return ifnone(targs, t)
 
 def learners_preds(learners:list, # fastai `Learner`s, of any architecture and input size
-                   dl=None, # one `DataLoader` for all; default each learner's own `dls[ds_idx]`
+                   dl=None, # a `DataLoader` for all, or a list of one per learner; default each learner's own `dls[ds_idx]`
                    ds_idx:int=1, # 0: train, 1: valid, when `dl` is None
                    tta:bool=False, # predict with `Learner.tta10` instead of `get_preds`
                    **kwargs, # passed to `tta10`: `scale`, `size`, `flip`, `merge`, ...
                   ) -> tuple:
     "Each learner's predictions (by `get_preds`, or `tta10` if `tta`) and the targets they share: the input of `ensemble_preds` and `fit_weights`"
     preds, targs = [], None
-    for i, learn in enumerate(learners):
+    for i, (learn, dl) in enumerate(zip(learners, _per_learner(dl, learners))):
         p, t = learn.tta10(dl=dl, ds_idx=ds_idx, **kwargs) if tta else learn.get_preds(ds_idx=ds_idx, dl=dl)
         targs = _check_targets(i, t, targs)
         preds.append(p)
@@ -105,14 +111,14 @@ def embeddings(learn, # a fastai `Learner`
 
 # %% ../nbs/51_ensemble.ipynb #3ee8fdac
 def meta_embeddings(learners:list, # fastai `Learner`s, of any architecture and input size
-                    dl=None, # one `DataLoader` for all; default each learner's own `dls[ds_idx]`
+                    dl=None, # a `DataLoader` for all, or a list of one per learner; default each learner's own `dls[ds_idx]`
                     ds_idx:int=1, # 0: train, 1: valid, when `dl` is None
                     layers:list|None=None, # for each learner, the module whose output is its embedding (see `embeddings`)
                     normalize:bool=True, # scale each model's embedding to unit L2 norm before concatenating
                    ) -> tuple:
     "The `embeddings` of several learners, each L2-normalised, concatenated: (N, D1+D2+...), targs"
     embs, targs = [], None
-    for i, (learn, layer) in enumerate(zip(learners, ifnone(layers, [None] * len(learners)))):
+    for i, (learn, dl, layer) in enumerate(zip(learners, _per_learner(dl, learners), ifnone(layers, [None] * len(learners)))):
         e, t = embeddings(learn, dl, ds_idx, layer)
         targs = _check_targets(i, t, targs)
         embs.append(F.normalize(e, dim=1) if normalize else e)

@@ -235,7 +235,7 @@ def show_tta10(self:Learner,
                idx:int=0, # the item of `dl` to show
                dl=None, # default `self.dls[ds_idx]`
                ds_idx:int=1, # 0: train, 1: valid, when `dl` is None
-               figsize:tuple=(7.5, 3.8),
+               figsize:tuple=(6.5, 3.6),
                **kwargs, # passed to `tta10`: `size`, `scale`, `flip`, `merge`, `models`, ...
               ):
     "Show the views `tta10` makes of item `idx`, each with the class its first output predicts, and the merged prediction"
@@ -253,7 +253,7 @@ def show_tta10(self:Learner,
     for i, ax in enumerate(axs.flatten()):
         c = int(v[i, 0].argmax())
         show_image(views[i], ax=ax, title=f"{tc.name(i)}\n{name(c)} ({float(v[i, 0, c]):.2f})", cmap='gray')
-        ax.title.set_fontsize(8)
+        ax.title.set_fontsize(7)
     c = int(p[0].argmax())
     fig.suptitle(f"merged: {name(c)} ({float(p[0, c]):.2f})" + (f", true: {name(int(t[0]))}" if t is not None and t.ndim == 1 else ''), fontsize=9)
     fig.tight_layout()
