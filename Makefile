@@ -25,7 +25,7 @@ sync: export
 	  echo "nbs/ and compkit/ are out of sync (run make export and commit):"; echo "$$changed"; git diff --stat -- compkit nbs README.md; exit 1; fi
 
 test: sync
-	$(BIN)/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 # two notebooks at once on two cores: one thread each
 	$(BIN)/python -m pytest
 
 # the docs site in _docs/ from the notebooks' stored outputs (nothing is re-run, nothing downloaded): open _docs/index.html
