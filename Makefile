@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test sync export bench
+.PHONY: demo test sync export docs bench
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,5 +28,10 @@ test: sync
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/python -m pytest
 
+# the docs site in _docs/ from the notebooks' stored outputs (nothing is re-run, nothing downloaded): open _docs/index.html
+docs: export
+	$(BIN)/python tools/docs.py _docs
+
+# every bench/*.py once (CPU heavy: minutes), into BENCHMARKS.md with the machine it ran on and the plots in bench/plots/
 bench: $(STAMP)
-	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+	$(BIN)/python tools/bench_report.py --out BENCHMARKS.md

@@ -6,11 +6,29 @@
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #ac342fc2
-from . import core, ingest, datasets, augment, data, learner
+from . import (core, ingest, datasets, augment, data, learner, losses, metrics, multihead, lr_find, tta, ensemble,
+                     metric, sampling, retrieval, pseudo)
+from .callback import mixup, snapshot, swa, tempering, progressive
 from .core import *
 from .ingest import *
 from .datasets import *
 from .augment import *
 from .data import *
 from .learner import *
-__all__ = [name for m in (core, ingest, datasets, augment, data, learner) for name in m.__all__]
+from .callback.mixup import *
+from .losses import *
+from .metrics import *
+from .multihead import *
+from .lr_find import *
+from .callback.snapshot import *
+from .callback.swa import *
+from .callback.tempering import *
+from .callback.progressive import *
+from .tta import *
+from .ensemble import *
+from .metric import *
+from .sampling import *
+from .retrieval import *
+from .pseudo import *
+__all__ = [name for m in (core, ingest, datasets, augment, data, learner, mixup, losses, metrics, multihead, lr_find, snapshot, swa,
+                          tempering, progressive, tta, ensemble, metric, sampling, retrieval, pseudo) for name in m.__all__]

@@ -1,0 +1,45 @@
+"tools/bench_report.py (`make bench`): each bench/*.py runs once, its tables and plots land in the report under a machine header, a failure is reported and fails the run."
+import os, subprocess, sys
+from pathlib import Path
+import torch
+
+ROOT = Path(__file__).parents[1]
+FAST = '''"""Speed of a thing against its peer.
+Run: python bench/fast.py"""
+import os, sys
+from pathlib import Path
+import matplotlib; matplotlib.use('agg'); import matplotlib.pyplot as plt
+print('## Thing speed\\n\\n| thing | ratio |\\n|---|---|\\n| ours | 2.0x |', sys.argv[1:])
+plt.figure(figsize=(2, 2)); plt.plot([1, 2]); plt.savefig(Path(os.environ['BENCH_OUT'])/'curve.png')
+'''
+
+def report(tmp_path, *args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    return subprocess.run([sys.executable, str(ROOT/'tools'/'bench_report.py'), '--bench', str(tmp_path/'bench'), '--out', str(tmp_path/'B.md'), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+def test_report_sections_plots_and_failures(tmp_path):
+    b = tmp_path/'bench'; (b/'plots'/'fast').mkdir(parents=True)
+    (b/'fast.py').write_text(FAST)
+    (b/'broken.py').write_text('raise SystemExit("the peer is not installed")')
+    (b/'plots'/'fast'/'stale.png').write_bytes(b'from an earlier run')
+    r = report(tmp_path, '--args', '--sizes 32')
+    assert r.returncode == 1 and 'failed: broken' in r.stdout, r.stdout + r.stderr
+    md = (tmp_path/'B.md').read_text()
+    head = md.split('\n## ')[0]
+    assert f'| {os.cpu_count()} | cpu |' in head and f'| {torch.__version__} |' in head       # machine, device, torch
+    fast = md[md.index('## fast'):]
+    assert fast.startswith('## fast\n\nSpeed of a thing against its peer.\n\n`python ')
+    assert "### Thing speed" in fast and "| ours | 2.0x |" in fast and "['--sizes', '32']" in fast   # demoted heading, table, args passed
+    assert '![curve](bench/plots/fast/curve.png)' in fast and (b/'plots'/'fast'/'curve.png').read_bytes()[:4] == b'\x89PNG'
+    assert 'stale' not in md and not (b/'plots'/'fast'/'stale.png').exists()
+    assert 'Failed (1)' in md and 'the peer is not installed' in md
+    assert md.index('## broken') < md.index('## fast')                                           # file-name order
+
+def test_named_benchmarks_only(tmp_path):
+    (tmp_path/'bench').mkdir(); (tmp_path/'bench'/'fast.py').write_text(FAST); (tmp_path/'bench'/'broken.py').write_text('raise SystemExit(1)')
+    r = report(tmp_path, 'fast')
+    assert r.returncode == 0, r.stderr
+    assert '## fast' in (tmp_path/'B.md').read_text() and '## broken' not in (tmp_path/'B.md').read_text()
+    r = report(tmp_path, 'nope')
+    assert r.returncode != 0 and 'no benchmark nope' in r.stderr

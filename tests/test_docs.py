@@ -1,0 +1,188 @@
+"""The docs site (`make docs`): built from the notebooks' stored outputs without running them, served on 127.0.0.1,
+opened in headless Chromium: each page's title, sidebar and public names, no broken internal link or image, nothing
+loaded from the network, a screenshot of each page. New notebooks are picked up from nbs/ with no change here."""
+import base64, importlib.util, json, os, re, shutil, subprocess, sys, threading
+from functools import partial
+from html.parser import HTMLParser
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+from urllib.request import urlopen
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).parents[1]
+NBS = sorted(p for p in (ROOT/'nbs').rglob('*.ipynb') if not any(s.startswith(('.', '_')) for s in p.relative_to(ROOT/'nbs').parts))
+# The issue asks for the home, MixUp and TTA pages by name: until a branch with them is merged, they are skipped
+WANTED = {'mixup': 'MixUp', 'tta': 'TTA'}
+PAGES = [p.relative_to(ROOT/'nbs').as_posix() for p in NBS] + [f'absent:{n}' for k, n in WANTED.items() if not any(k in p.stem.lower() for p in NBS)]
+CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+                  '--disable-component-update', '--disable-sync', '--window-size=1280,900']
+
+def _docs_tool():
+    spec = importlib.util.spec_from_file_location('compkit_docs_tool', ROOT/'tools'/'docs.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+def build(root, out):
+    "Run `tools/docs.py` (what `make docs` runs) on the project at `root`"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    return subprocess.run([sys.executable, str(ROOT/'tools'/'docs.py'), str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+class Html(HTMLParser):
+    "What the checks need from a page: ids, links and resources, headings, the sidebar, the text"
+    def __init__(self, s):
+        super().__init__(); self.ids, self.links, self.res, self.heads, self.side, self.active, self.text, self._in = set(), [], [], {}, [], None, [], []
+        self.feed(s)
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if 'id' in a: self.ids.add(a['id'])
+        if tag == 'a' and 'href' in a: self.links.append(a['href'])
+        if tag in ('img', 'script') and a.get('src'): self.res.append(a['src'])
+        if tag == 'link' and a.get('href'): self.res.append(a['href'])
+        if tag == 'nav' and 'sidebar' in a.get('class', ''): self._in.append('side')
+        if tag == 'a' and 'side' in self._in:
+            self.side.append(a['href'])
+            if a.get('aria-current') == 'page': self.active = a['href']
+        if tag in ('h1', 'h2', 'h3'): self._in.append(tag); self.heads.setdefault(tag, []).append('')
+    def handle_endtag(self, tag):
+        if self._in and (tag == self._in[-1] or (tag == 'nav' and self._in[-1] == 'side')): self._in.pop()
+    def handle_data(self, d):
+        self.text.append(d)
+        for h in ('h1', 'h2', 'h3'):
+            if h in self._in: self.heads[h][-1] += d
+    @property
+    def all_text(self): return re.sub(r'\s+', ' ', ''.join(self.text))
+
+@pytest.fixture(scope='session')
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp('site')
+    r = build(ROOT, out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pages = {}
+    for f in out.rglob('*.html'):
+        src = re.search(r'<meta name="generator" content="tools/docs.py from ([^"]+)">', f.read_text())[1]
+        pages[src] = f.relative_to(out).as_posix()
+    return SimpleNamespace(out=out, pages=pages)
+
+@pytest.fixture(scope='session')
+def server(site):
+    "The site on 127.0.0.1 at a free port"
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args): pass
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), partial(Quiet, directory=str(site.out)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}/'
+    httpd.shutdown(); httpd.server_close()
+
+@pytest.fixture(scope='session')
+def chromium():
+    "Debian's headless Chromium, installed on first use where we are root (as CI is)"
+    exe = shutil.which('chromium')
+    if exe is None and os.geteuid() == 0:
+        env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
+        install = ['apt-get', 'install', '-y', '-q', 'chromium']
+        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode:  # a fresh machine needs the lists first
+            subprocess.run(['apt-get', 'update', '-q'], env=env, capture_output=True, timeout=600)
+            subprocess.run(install, env=env, capture_output=True, timeout=900, check=True)
+        exe = shutil.which('chromium')
+    if exe is None: pytest.skip('headless Chromium is missing and only root can install it: apt-get install -y chromium')
+    return exe
+
+@pytest.fixture(scope='session')
+def shots(tmp_path_factory): return tmp_path_factory.mktemp('screenshots')
+
+def browse(exe, url, tmp, *action):
+    r = subprocess.run([exe, *CHROMIUM_FLAGS, f'--user-data-dir={tmp}', *action, url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+def nb_title(nb):
+    "The notebook's `# Title`, as the page heading shows it"
+    src = next(''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'markdown')
+    return re.search(r'^#\s+(.+?)\s*$', src, re.M)[1]
+
+@pytest.mark.parametrize('nb', PAGES)
+def test_page_in_chromium(nb, site, server, chromium, shots, tmp_path):
+    if nb.startswith('absent:'): pytest.skip(f'no {nb[7:]} notebook on this branch yet (nbs/*{nb[7:].lower()}*.ipynb): its page is checked once merged')
+    assert nb in site.pages, f'nbs/{nb} has no page in the site'
+    file = site.pages[nb]
+    dom = Html(browse(chromium, server + file, tmp_path/'profile', '--dump-dom'))
+    title = re.sub(r'`([^`]*)`', r'\1', nb_title(ROOT/'nbs'/nb))
+    assert dom.heads['h1'][0].strip() == title
+    # the sidebar lists every page once, this one marked as the current page
+    assert sorted(urljoin(file, h) for h in dom.side) == sorted(site.pages.values())
+    assert urljoin(file, dom.active) == file
+    # every public name of the page's module has its entry (tools/docs.py fails the build otherwise; this is the browser's view)
+    src = (ROOT/'nbs'/nb).read_text()
+    if (m := re.search(r'#\|\s*default_exp\s+([\w.]+)', src)):
+        mod = importlib.import_module(f'compkit.{m[1]}')
+        own = [n for n in getattr(mod, '__all__', []) if getattr(getattr(mod, n), '__module__', mod.__name__) == mod.__name__ and callable(getattr(mod, n))]
+        assert not [n for n in own if n.lower() not in dom.ids], f'{nb}: public names without a doc entry'
+        if own: assert 'Details' in dom.all_text   # the show_doc parameter tables
+    if nb == 'index.ipynb':
+        assert {'Quick start', 'In a notebook'} <= {h.strip('¶ ') for h in dom.heads.get('h2', [])}
+        assert 'make test' in dom.all_text and 'valid accuracy after 3 epochs' in dom.all_text  # a stored output
+    shot = shots/(Path(file).stem + '.png')
+    browse(chromium, server + file, tmp_path/'profile', f'--screenshot={shot}')
+    img = Image.open(shot).convert('RGB')
+    assert img.size == (1280, 900) and len(img.getcolors(1 << 16) or range(1 << 16)) > 20, f'{shot} looks blank'
+
+def test_links_images_and_no_network(site, server):
+    "Crawl from the home page: every internal link and image resolves (anchors too), every page is reachable, nothing external is loaded"
+    seen, todo, broken, external, ids = set(), [server + 'index.html'], [], [], {}
+    anchors = []
+    while todo:
+        url = todo.pop()
+        if url in seen: continue
+        seen.add(url)
+        try: body = urlopen(url, timeout=10).read()
+        except Exception as e: broken.append(f'{url}: {e}'); continue
+        if not url.endswith('.html'): continue
+        page = Html(body.decode())
+        ids[url] = page.ids
+        for res in page.res:
+            if res.startswith('data:'):
+                kind, data = re.match(r'data:image/(\w+);base64,(.*)', res, re.S).groups()
+                assert base64.b64decode(data)[:8].startswith({'png': b'\x89PNG', 'jpeg': b'\xff\xd8'}[kind])
+            elif urlsplit(res).scheme or res.startswith('//'): external.append(f'{url} loads {res}')
+            else: todo.append(urljoin(url, res))
+        for href in page.links:
+            target, frag = urldefrag(urljoin(url, href))
+            if not target.startswith(server): continue                 # an outside link (fastai docs, the repository)
+            todo.append(target)
+            if frag: anchors.append((url, target, unquote(frag)))
+    assert not broken, broken
+    assert not external, external
+    assert not [f'{u} -> {t}#{f}' for u, t, f in anchors if f not in ids.get(t, set())], 'links to missing anchors'
+    assert {u[len(server):] for u in ids} == set(site.pages.values()), 'pages not reachable from the home page'
+
+def _nb(*cells):
+    return json.dumps({'cells': [dict(cell_type=t, metadata={}, source=s, **({'outputs': o, 'execution_count': 1} if t == 'code' else {}))
+                                 for t, s, o in cells], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5})
+
+def test_new_notebooks_are_picked_up_not_run_and_checked(tmp_path):
+    """A notebook dropped in nbs/ gets its page in the section its name says and shows its stored outputs without running;
+    a module page that lacks a public name fails the build, naming it"""
+    proj = tmp_path/'proj'; (proj/'nbs').mkdir(parents=True)
+    shutil.copy(ROOT/'settings.ini', proj); shutil.copy(ROOT/'nbs'/'index.ipynb', proj/'nbs')
+    stored = [{'output_type': 'stream', 'name': 'stdout', 'text': ['stored output 1234\n']}]
+    (proj/'nbs'/'95_tutorial.fake.ipynb').write_text(_nb(('markdown', '# Fake tutorial\n\n> A summary that\n> wraps.', None),
+                                                          ('code', "raise RuntimeError('a docs build must not run notebooks')", stored)))
+    (proj/'nbs'/'00_core.ipynb').write_text(_nb(('code', '#|default_exp core', []), ('markdown', '# Core\n\n> documents nothing', None)))
+    r = build(proj, proj/'_docs')
+    assert r.returncode != 0 and 'compkit.core: seed_everything, get_device, device_generator, atomic_write' in r.stderr, r.stderr
+    page = Html((proj/'_docs'/'tutorial.fake.html').read_text())
+    assert 'stored output 1234' in page.all_text and page.heads['h1'] == ['Fake tutorial']
+    assert 'A summary that wraps.' in page.all_text                  # nbdev alone keeps the first line of a summary only
+    home = (proj/'_docs'/'index.html').read_text()
+    assert re.search(r'section-title">Foundation</div>\s*<ul>\s*<li><a href="core.html"', home)
+    assert re.search(r'section-title">Tutorials</div>\s*<ul>\s*<li><a href="tutorial.fake.html"', home)
+
+def test_sections_follow_numbers_and_prefixes():
+    section = _docs_tool().section
+    test = {'index.ipynb': None, '00_core.ipynb': 'Foundation', '10_data.ipynb': 'Foundation', '20_callback.mixup.ipynb': 'Callbacks',
+            '30_losses.box.ipynb': 'Losses', '40_tta.ipynb': 'Training tricks', '80_demo.ipynb': 'Examples',
+            '90_tutorial.mixup.ipynb': 'Tutorials', '91_digits_end_to_end.ipynb': 'Tutorials', '99_all.ipynb': 'API', 'notes.ipynb': 'Other'}
+    assert {k: section(Path(k)) for k in test} == test

@@ -1,0 +1,125 @@
+"tta10: views against torchvision, box round trips, chunking, merges, scale on a trained digits model, fastai's own loaders and callbacks."
+import itertools, numpy as np, pytest, torch, torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+from torchvision import tv_tensors
+from PIL import Image
+from fastai.vision.all import ImageDataLoaders, Resize, Callback, ConvLayer
+from fastai.learner import save_model
+from compkit.datasets import digits
+from compkit.data import DeviceDataLoaders
+from compkit.augment import RandomPadCrop, RandomResizedCrop
+from compkit.learner import timm_learner
+from compkit.tta import TenCrop, ten_crop_views
+
+@pytest.mark.parametrize('shape,size,vflip', [((32, 32), 28, False), ((31, 40), (17, 30), True), ((33, 33), 24, False), ((20, 26), 20, True)])
+def test_views_equal_torchvision_ten_crop(shape, size, vflip):
+    x = torch.randint(0, 256, (3, 2, *shape), dtype=torch.uint8)
+    assert torch.equal(ten_crop_views(x, size, vflip), torch.stack(TF.ten_crop(x, [size, size] if isinstance(size, int) else list(size), vertical_flip=vflip)))
+
+@pytest.mark.parametrize('scale,flip', itertools.product([1., 1.25, 1.5, 2.], ['horizontal', 'vertical']))
+def test_box_round_trip_exact(scale, flip):
+    "Dyadic scales: boxes go to every view and back bit for bit; and the forward map is torchvision's resize + flip + crop of boxes"
+    b = torch.tensor([[0., 0., 32., 24.], [3., 5., 20., 17.], [7.5, 2.25, 8.5, 21.]])
+    tc = TenCrop((24, 32), (20, 24), scale, flip)
+    for i, (t, l, flipped) in enumerate(tc.views):
+        v = tc.boxes_to_view(b, i)
+        assert torch.equal(tc.boxes_from_view(v, i), b)
+        ref = TF.resize(tv_tensors.BoundingBoxes(b, format='XYXY', canvas_size=(24, 32)), list(tc.scaled))
+        if flipped: ref = (TF.vertical_flip if flip == 'vertical' else TF.horizontal_flip)(ref)
+        assert torch.allclose(v, ref.as_subclass(torch.Tensor) - torch.tensor([l, t, l, t]), atol=1e-5)
+
+@pytest.mark.parametrize('scale', [8/7, 1.1, 1.37])
+def test_box_round_trip_any_scale(scale):
+    b = torch.rand(50, 4) * 28; b = torch.cat([b[:, :2].minimum(b[:, 2:]), b[:, :2].maximum(b[:, 2:])], 1)
+    tc = TenCrop((28, 28), 26, scale)
+    for i in range(10): assert torch.allclose(tc.boxes_from_view(tc.boxes_to_view(b, i), i), b, atol=1e-5)
+
+def tiny_cnn(n_in=1): return nn.Sequential(ConvLayer(n_in, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+@pytest.fixture(scope='module')
+def trained():
+    "A small CNN trained on 28 px digits with random crops (pad-crop and random-resized-crop)"
+    dls = DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3), RandomResizedCrop(scale=(0.5, 1))])
+    learn = timm_learner(dls, tiny_cnn())
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 1e-2)
+    return learn
+
+@pytest.fixture(scope='module')
+def sdl(trained):
+    "96 validation images, in two batches of 64 and 32"
+    ds = trained.dls.valid_ds
+    return trained.dls.test_dl(ds.x[:96].cpu(), labels=ds.ys[0][:96].cpu())
+
+def _reference(model, xb, scale, size, n=10):
+    "The merged softmax of `model` over torchvision's ten crops of `xb` resized by `scale`: tta10's independent reference"
+    h, w = xb.shape[-2:]
+    xs = TF.resize(xb.as_subclass(torch.Tensor), [round(h * scale), round(w * scale)], antialias=True)
+    with torch.no_grad(): return torch.stack([model(v).softmax(-1) for v in TF.ten_crop(xs, [size, size])[:n]]).mean(0)
+
+def test_scale_with_default_size_on_trained_digits(trained):
+    "size=None keeps the crops at the training size (28 px), cut from the image upscaled to 32 px"
+    p1, t1 = trained.get_preds()
+    with trained.no_bar(): p, t = trained.tta10(scale=8/7, flip=None)
+    xb = torch.cat([b[0] for b in trained.dls.valid])
+    assert torch.equal(t, t1) and p.shape == p1.shape
+    assert torch.allclose(p, _reference(trained.model.eval(), xb, 8/7, 28, n=5), atol=1e-5)
+    acc1, acc5 = (p1.argmax(1) == t1).float().mean(), (p.argmax(1) == t).float().mean()
+    assert acc1 > 0.75 and acc5 > acc1 - 0.03, (acc1, acc5)   # a model trained on random crops is not hurt by them
+
+def test_chunked_equals_unchunked(trained, sdl):
+    with trained.no_bar():
+        ps = [trained.tta10(sdl, scale=1.25, size=30, chunk=c, merge=m)[0] for m in ('mean', 'max') for c in (1, 4, 10)]
+    for a, b in ((ps[0], ps[1]), (ps[0], ps[2]), (ps[3], ps[4]), (ps[3], ps[5])): assert torch.allclose(a, b, atol=1e-5)
+
+def test_merges_against_hand_computation(trained, sdl):
+    with trained.no_bar():
+        p, t, v = trained.tta10(sdl, scale=1.25, size=30, with_views=True)
+        assert torch.allclose(p, v.mean(0), atol=1e-6)
+        assert torch.allclose(trained.tta10(sdl, scale=1.25, size=30, merge='gmean')[0], v.log().mean(0).exp(), atol=1e-5)
+        assert torch.allclose(trained.tta10(sdl, scale=1.25, size=30, merge='max')[0], v.amax(0), atol=1e-6)
+    assert torch.allclose(p, _reference(trained.model.eval(), torch.cat([b[0] for b in sdl]), 1.25, 30), atol=1e-5)
+
+def test_callbacks_see_each_chunk_and_models_from_files(trained, sdl, tmp_path):
+    "The passes go through fastai's loop (callbacks see every chunk); `learn.save` files and modules work as `models`, and the weights are restored"
+    class Shapes(Callback):
+        def __init__(self): self.shapes = []
+        def before_batch(self): self.shapes.append(tuple(self.xb[0].shape))
+    cb = Shapes()
+    trained.add_cb(cb)
+    try:
+        with trained.no_bar(): p, _ = trained.tta10(sdl, scale=1.25, size=30, chunk=4)
+    finally: trained.remove_cb(cb)
+    assert cb.shapes == [(4 * 64, 1, 30, 30)] * 2 + [(2 * 64, 1, 30, 30)] + [(4 * 32, 1, 30, 30)] * 2 + [(2 * 32, 1, 30, 30)]
+    save_model(tmp_path/'snap.pth', trained.model, None) # what `learn.save('snap')` writes
+    before = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    with trained.no_bar():
+        pf, _ = trained.tta10(sdl, scale=1.25, size=30, models=[tmp_path/'snap.pth'])
+        pm, _ = trained.tta10(sdl, scale=1.25, size=30, models=[trained.model])
+        with pytest.raises(ValueError, match='models\\[0\\]: no file'): trained.tta10(sdl, scale=1.25, size=30, models=['nowhere.pth'])
+    assert torch.allclose(pf, p, atol=1e-6) and torch.allclose(pm, p, atol=1e-6)
+    assert all(torch.equal(v, trained.model.state_dict()[k]) for k, v in before.items())
+
+def test_fastai_tta_runs_on_device_dataloaders(trained):
+    "fastai's own `Learner.tta` (untouched) on compkit's loaders: random training augmentations per pass, then the plain pass"
+    with trained.no_bar(): (aug, plain), t = trained.tta(n=2, beta=None)
+    p, _ = trained.get_preds()
+    assert torch.allclose(plain, p, atol=1e-6)
+    assert not torch.allclose(aug, p, atol=1e-3)   # the passes ran with RandomPadCrop / RandomResizedCrop on
+    assert trained.dls.valid_ds.split_idx == 1
+
+def test_works_with_fastai_image_dataloaders(tmp_path):
+    D = digits(28)
+    for i in range(80):
+        (tmp_path/str(int(D.y[i]))).mkdir(exist_ok=True)
+        Image.fromarray(D.x[i, 0].numpy()).convert('RGB').save(tmp_path/str(int(D.y[i]))/f'{i}.png')
+    fdls = ImageDataLoaders.from_folder(tmp_path, valid_pct=0.25, seed=0, item_tfms=Resize(28), bs=8, num_workers=0)
+    learn = timm_learner(fdls, tiny_cnn(3))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    with learn.no_bar():
+        p, t = learn.tta10(scale=1.25, size=30)
+        p1, t1 = learn.get_preds()
+        fp, ft = learn.tta(n=2)   # fastai's own TTA is still there and still works
+    assert torch.equal(t, t1) and torch.equal(t, ft) and p.shape == (20, fdls.c)
+    xb = torch.cat([b[0] for b in fdls.valid])
+    assert torch.allclose(p, _reference(learn.model.eval(), xb, 1.25, 30), atol=1e-5)
