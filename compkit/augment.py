@@ -8,6 +8,7 @@ import math
 import torch, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastai.torch_core import TensorImage
+from fastai.vision.core import TensorBBox
 from fastai.data.transforms import IntToFloatTensor
 from fastai.vision.augment import RandTransform
 
@@ -16,12 +17,25 @@ __all__ = ['RandomPadCrop', 'RandomFlip', 'RandomResizedCrop', 'RandomAffine', '
 
 # %% ../nbs/08_augment.ipynb #c9d98a55
 class _ItemRandTransform(RandTransform):
-    "A `RandTransform` whose random state is drawn per item, on the batch's device, by `draw(n, device)`"
+    "A `RandTransform` whose random state is drawn per item, on the batch's device, by `draw(n, device)`; it moves the batch's boxes with the images"
+    min_visible = 0.5 # an item whose box would keep less than this fraction of its area inside the image is not transformed
     def before_call(self, b, split_idx):
         self.do = True
         x = b[0] if isinstance(b, (tuple, list)) else b
+        self.hw = tuple(x.shape[-2:])
         self.draw(x.shape[0], x.device)
+        for bb in (o for o in (b if isinstance(b, (tuple, list)) else ()) if isinstance(o, TensorBBox)):
+            moved = self.move_boxes(_per_item(bb))
+            lost = (_area(self.clip(moved)) < self.min_visible * _area(moved)).any(1)
+            if lost.any(): self.skip(lost)
     def chosen(self, n, device): return torch.rand(n, device=device) < self.p
+    def move_boxes(self, boxes): return boxes # (n, k, 4) pixels: where each item's boxes land, before clipping
+    def skip(self, items): pass # leave the items of the bool mask `items` untransformed
+    def clip(self, boxes): h, w = self.hw; return torch.min(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
+    def encodes(self, x:TensorBBox): return TensorBBox(self.clip(self.move_boxes(_per_item(x))).view(x.shape))
+
+def _per_item(boxes): return boxes.as_subclass(torch.Tensor).view(len(boxes), -1, 4).float()
+def _area(b): return (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
 
 # %% ../nbs/08_augment.ipynb #d032f7d5
 def _reflect(i, n): i = i.abs(); return torch.where(i > n - 1, 2 * (n - 1) - i, i)
@@ -45,8 +59,10 @@ class RandomPadCrop(_ItemRandTransform):
         out = x.as_subclass(torch.Tensor).reshape(n, c, h * w).gather(2, src.expand(n, c, h * w)).view(n, c, h, w)
         if self.mode == 'zeros': out = out * (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])[:, None]
         return TensorImage(out)
+    def move_boxes(self, b): dy, dx = self.shift.to(b.dtype); return b - torch.stack([dx, dy, dx, dy], -1)[:, None]
+    def skip(self, items): self.shift[:, items] = 0
 
-# %% ../nbs/08_augment.ipynb #4b4704d7
+# %% ../nbs/08_augment.ipynb #065a7ad6
 class RandomFlip(_ItemRandTransform):
     "Flip each image left-right (or up-down with `dim=-2`) with probability `p`, as one masked select"
     order = IntToFloatTensor.order - 1
@@ -55,11 +71,37 @@ class RandomFlip(_ItemRandTransform):
     def encodes(self, x:TensorImage):
         x = x.as_subclass(torch.Tensor) # plain ops: fastai's tensor subclass costs per op, not per pixel
         return TensorImage(torch.where(self.flip[:, None, None, None], x.flip(self.dim), x))
+    def move_boxes(self, b):
+        i, size = (0, self.hw[1]) if self.dim in (-1, 3) else (1, self.hw[0]) # x coordinates for a left-right flip, else y
+        f = b.clone(); f[..., i], f[..., i + 2] = size - b[..., i + 2], size - b[..., i]
+        return torch.where(self.flip[:, None, None], f, b)
+    def skip(self, items): self.flip = self.flip & ~items
 
-# %% ../nbs/08_augment.ipynb #065a7ad6
-class RandomResizedCrop(_ItemRandTransform):
-    "Crop a random `scale` fraction of each image's area at a random aspect `ratio` and resize it back, all in one `grid_sample`"
+# %% ../nbs/08_augment.ipynb #f86cdfb5
+class _ItemAffineTransform(_ItemRandTransform):
+    "An `_ItemRandTransform` resampling each image at its own affine grid `theta` (N, 2, 3: output to input, normalized coordinates)"
     order = IntToFloatTensor.order + 1 # resamples: needs floats
+    def encodes(self, x:TensorImage): return _resample(x, self.theta)
+    def move_boxes(self, b): return _affine_boxes(b, self.theta, self.hw)
+    def skip(self, items): self.theta[items] = torch.eye(2, 3, device=self.theta.device)
+
+def _resample(x, theta):
+    "Sample each image `x[i]` at the affine grid `theta[i]` (output to input, normalized coordinates): one `grid_sample`"
+    x = x.as_subclass(torch.Tensor)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return TensorImage(F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False))
+
+def _affine_boxes(b, theta, hw):
+    "Where boxes `b` (n, k, 4 pixels) land when their images are resampled at `theta`: the envelope of their moved corners"
+    half = b.new_tensor([hw[1], hw[0]]) / 2
+    corners = torch.stack([b[..., [0, 1]], b[..., [2, 1]], b[..., [0, 3]], b[..., [2, 3]]], -2) / half - 1 # (n, k, 4, 2) in [-1, 1]
+    (a, c), (d, e) = theta[:, 0, :2].T, theta[:, 1, :2].T
+    inv = torch.stack([torch.stack([e, -c], -1), torch.stack([-d, a], -1)], -2) / (a * e - c * d)[:, None, None] # theta maps output to input
+    out = (torch.einsum('nij,nkcj->nkci', inv.to(b.dtype), corners - theta[:, None, None, :, 2].to(b.dtype)) + 1) * half
+    return torch.cat([out.amin(-2), out.amax(-2)], -1)
+
+class RandomResizedCrop(_ItemAffineTransform):
+    "Crop a random `scale` fraction of each image's area at a random aspect `ratio` and resize it back, all in one `grid_sample`"
     def __init__(self, scale:tuple=(0.35, 1.), # range of the crop's area, as a fraction of the image's
                  ratio:tuple=(3/4, 4/3), # range of the crop's aspect ratio (width / height)
                  p:float=1.):
@@ -74,18 +116,10 @@ class RandomResizedCrop(_ItemRandTransform):
         self.theta = torch.zeros(n, 2, 3, device=device)
         self.theta[:, 0, 0], self.theta[:, 1, 1] = w, h
         self.theta[:, 0, 2], self.theta[:, 1, 2] = (2 * u[2] - 1) * (1 - w), (2 * u[3] - 1) * (1 - h) # centre, crop inside
-    def encodes(self, x:TensorImage): return _resample(x, self.theta)
 
-def _resample(x, theta):
-    "Sample each image `x[i]` at the affine grid `theta[i]` (output to input, normalized coordinates): one `grid_sample`"
-    x = x.as_subclass(torch.Tensor)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return TensorImage(F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False))
-
-# %% ../nbs/08_augment.ipynb #2ce08464
-class RandomAffine(_ItemRandTransform):
+# %% ../nbs/08_augment.ipynb #0cb98157
+class RandomAffine(_ItemAffineTransform):
     "Rotate, zoom in, shift and (optionally) flip each image by its own random amount, all fused in one `grid_sample`"
-    order = IntToFloatTensor.order + 1
     def __init__(self, max_rotate:float=10., # degrees, either way
                  max_zoom:float=1.1, # zoom in by up to this factor, at a random centre
                  flip:bool=True, # also mirror left-right with probability 0.5
@@ -100,9 +134,8 @@ class RandomAffine(_ItemRandTransform):
         cos, sin = angle.cos() * scale, angle.sin() * scale
         self.theta = torch.stack([torch.stack([cos * mirror, -sin, (2 * u[2] - 1) * (1 - scale)], 1),
                                   torch.stack([sin * mirror, cos, (2 * u[3] - 1) * (1 - scale)], 1)], 1)
-    def encodes(self, x:TensorImage): return _resample(x, self.theta)
 
-# %% ../nbs/08_augment.ipynb #1c3fe083
+# %% ../nbs/08_augment.ipynb #734e2d82
 class RandomLighting(_ItemRandTransform):
     "Change each image's brightness and contrast by its own random amount, one fused multiply-add"
     order = IntToFloatTensor.order + 2 # on [0, 1] floats, before `Normalize`

@@ -8,10 +8,11 @@ from typing import NamedTuple
 import numpy as np, torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+import torchvision.transforms.v2.functional as TF
 from .ingest import fit_image
 
 # %% auto #0
-__all__ = ['TensorSet', 'digits']
+__all__ = ['TensorSet', 'digits', 'digit_boxes']
 
 # %% ../nbs/06_datasets.ipynb #f07a90ec
 class TensorSet(NamedTuple):
@@ -29,3 +30,30 @@ def digits(size:int=32, # side of the square images
     x = torch.from_numpy(d.images).mul(255/16).round().to(torch.uint8)[:, None]
     _, valid = train_test_split(np.arange(len(d.target)), test_size=0.2, stratify=d.target, random_state=0)
     return TensorSet(fit_image(x, size, 'squash'), torch.from_numpy(d.target).long(), torch.from_numpy(np.sort(valid)), list(range(10)))
+
+# %% ../nbs/06_datasets.ipynb #8830f913
+def digit_boxes(size:int=64, # side of the square canvases
+                n:int=2000, # number of images
+                seed:int=0, # the same seed gives the same images and boxes
+                scale:tuple=(0.25, 0.75), # range of the digit's longer side, as a fraction of `size`
+                noise:int=64, # background pixels are uniform in [0, noise)
+               ) -> TensorSet:
+    "Real digits pasted at a random scale and position on noisy `size` px canvases; `y` is each digit's tight box, float (N,4) xyxy pixels"
+    d, split = load_digits(), digits(8).valid_idx.numpy()
+    rng = np.random.default_rng(seed)
+    is_valid = np.zeros(len(d.images), bool); is_valid[split] = True
+    valid = np.arange(n) >= n - n // 5 # the last fifth: drawn from the scans `digits` holds out, so no scan is in both splits
+    src = np.where(valid, rng.choice(np.flatnonzero(is_valid), n), rng.choice(np.flatnonzero(~is_valid), n))
+    x = torch.from_numpy(rng.integers(0, max(noise, 1), (n, 1, size, size), dtype=np.uint8))
+    boxes = torch.empty(n, 4)
+    for i, j in enumerate(src):
+        img = d.images[j]
+        rows, cols = np.flatnonzero(img.any(1)), np.flatnonzero(img.any(0))
+        crop = torch.from_numpy(img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] * (255 / 16)).float()
+        s = size * rng.uniform(*scale) / max(crop.shape)
+        h, w = (max(2, min(size, round(k * s))) for k in crop.shape)
+        top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+        digit = TF.resize(crop[None], [h, w], antialias=True).round().clamp(0, 255).to(torch.uint8)
+        x[i, :, top:top + h, left:left + w] = torch.maximum(x[i, :, top:top + h, left:left + w], digit)
+        boxes[i] = torch.tensor([left, top, left + w, top + h])
+    return TensorSet(x, boxes, torch.from_numpy(np.flatnonzero(valid)))

@@ -1,0 +1,155 @@
+"Box localization: a real fastai fit on digit_boxes, the loss switch with fastai's callbacks, export, bad labels, boxes moving with augmented images."
+import numpy as np, pytest, torch
+import torchvision.ops as tvo
+from torch import nn
+from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback
+from fastai.callback.progress import CSVLogger
+from fastai.callback.core import Callback
+from fastai.learner import load_learner
+from fastai.layers import ConvLayer
+from fastai.vision.core import TensorBBox
+from fastai.torch_core import TensorImage
+from compkit.datasets import digit_boxes
+from compkit.data import DeviceDataLoaders
+from compkit.augment import RandomPadCrop, RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting
+from compkit.box.data import check_boxes, fit_boxes
+from compkit.box.model import box_learner
+from compkit.loss.box import scaled_iou_loss, scaled_center_loss, CompositeBoxLoss, BoxLossSwitch, paired_box_iou
+
+D = digit_boxes(32, n=400, seed=0)
+
+def dls_(**kw): return DeviceDataLoaders.from_boxes(D.x, D.y, **{'valid_idx': D.valid_idx, 'bs': 64, 'seed': 0, **kw})
+def small_body(): return nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2))
+
+def test_timm_learner_trains_one_epoch_and_metrics_match_torchvision():
+    learn = box_learner(dls_(batch_tfms=[RandomPadCrop(2, 'zeros')]), 'resnet10t')
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 3e-3)
+    assert all(np.isfinite(l) for l in learn.recorder.losses)
+    with learn.no_bar():
+        loss, miou, acc50, acc75 = learn.validate()
+        preds, targs = learn.get_preds()
+    assert np.isfinite(loss) and preds.isfinite().all()
+    assert torch.equal(targs, D.y[D.valid_idx])                     # pixels of the 32 px images, in order
+    iou = tvo.box_iou(preds, targs).diagonal()
+    assert miou == pytest.approx(iou.mean().item(), abs=1e-5)
+    assert acc50 == pytest.approx((iou >= 0.5).float().mean().item(), abs=1e-6) and acc75 == pytest.approx((iou >= 0.75).float().mean().item(), abs=1e-6)
+
+class LossLog(Callback):
+    "Record the loss function each training phase runs with"
+    order = BoxLossSwitch.order + 1
+    def before_fit(self): self.used = []
+    def before_train(self): self.used.append(type(self.learn.loss_func).__name__)
+
+def test_switch_trains_with_the_composite_and_composes_with_fastai_callbacks(tmp_path):
+    learn = box_learner(dls_(), small_body(), path=tmp_path)
+    l1, log = learn.loss_func, LossLog()
+    sw = BoxLossSwitch(thresh=None, at_epoch=1)
+    cbs = [sw, log, SaveModelCallback(monitor='mean_iou', every_epoch=True), EarlyStoppingCallback(monitor='mean_iou', patience=5), CSVLogger()]
+    with learn.no_bar(), learn.no_logging(): learn.fit(3, 3e-3, cbs=cbs)
+    assert log.used == ['BaseLoss', 'CompositeBoxLoss', 'CompositeBoxLoss'] and sw.switch_epoch == 1
+    assert learn.loss_func is l1                                  # restored
+    assert sorted(p.name for p in (tmp_path/'models').iterdir()) == ['model_0.pth', 'model_1.pth', 'model_2.pth']
+    assert len((tmp_path/'history.csv').read_text().splitlines()) == 4
+    # the last epoch's valid loss is the composite's (scaled IoU + L1) on the valid set, not L1's
+    valid_loss = learn.recorder.values[-1][1]                     # (read before `get_preds`, which resets the Recorder)
+    with learn.no_bar(): preds, targs = learn.get_preds()
+    assert valid_loss == pytest.approx(CompositeBoxLoss()(preds, targs).item(), rel=1e-4)
+    assert valid_loss != pytest.approx(l1(preds, targs).item(), rel=1e-2)
+
+def test_switch_by_threshold_and_not_in_lr_find():
+    learn = box_learner(dls_(), small_body())
+    sw = BoxLossSwitch(thresh=0.)  # any mIoU reaches 0: switch after the first epoch
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 3e-3, cbs=sw)
+    assert sw.switch_epoch == 1
+    sw0, log = BoxLossSwitch(thresh=None, at_epoch=0), LossLog()
+    with learn.added_cbs([sw0, log]), learn.no_bar(), learn.no_logging(): learn.lr_find(num_it=5, show_plot=False)
+    assert sw0.switch_epoch is None and set(log.used) == {'BaseLoss'}
+    kept = BoxLossSwitch(thresh=None, at_epoch=1)
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 3e-3, cbs=kept)
+    learn.add_cb(kept)                   # attached for good: validate and get_preds run the fit events but train nothing
+    with learn.no_bar(): learn.validate(); learn.get_preds()
+    assert kept.switch_epoch == 1 and type(learn.loss_func).__name__ == 'BaseLoss'
+    learn.remove_cb(kept); learn.metrics = []
+    with pytest.raises(ValueError, match='mean_iou'):
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=BoxLossSwitch())
+
+def test_export_and_predict_on_a_new_size(tmp_path):
+    learn = box_learner(dls_(), small_body())
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-2)
+    learn.export(tmp_path/'box.pkl')
+    learn2 = load_learner(tmp_path/'box.pkl')
+    big = digit_boxes(48, n=4, seed=5)   # 48 px images: fitted to 32 px as at ingest
+    with learn2.no_bar(): box, pred, _ = learn2.predict(big.x[0])
+    assert isinstance(box, TensorBBox) and box.shape == (4,)
+    with learn.no_bar(): p, _ = learn.get_preds(dl=learn.dls.test_dl(big.x))
+    assert torch.allclose(pred, p[0], atol=1e-4)
+    back = fit_boxes(p, 48, 32, inverse=True)      # in the 48 px image's pixels, for a submission
+    assert torch.allclose(back, p * 1.5, atol=1e-4)
+
+@pytest.mark.parametrize('bad,msg', [
+    ((5, [0, 2], 'swap'), 'box 5 '), ((7, [1, 3], 'swap'), 'box 7 '),
+    ((3, [2], 'copy0'), 'box 3 '), ((9, [1], 'nan'), 'box 9 '), ((2, [3], 'inf'), 'box 2 '), ((11, [2], 'out'), 'box 11 ')])
+def test_every_bad_label_is_refused_naming_its_row(bad, msg):
+    i, cols, kind = bad
+    y = D.y[:16].clone()
+    if kind == 'swap': y[i, cols] = y[i, cols[::-1]]
+    elif kind == 'copy0': y[i, 2] = y[i, 0]
+    elif kind == 'nan': y[i, cols] = float('nan')
+    elif kind == 'inf': y[i, cols] = float('inf')
+    else: y[i, cols] = 33.
+    with pytest.raises(ValueError, match=msg): DeviceDataLoaders.from_boxes(D.x[:16], y, valid_idx=[0])
+    with pytest.raises(ValueError, match=msg): check_boxes(y, 32)
+
+def box_masks(b, h, w):
+    "uint8 images (N, 1, h, w), 255 inside each integer box"
+    r, c, (x1, y1, x2, y2) = torch.arange(h)[:, None], torch.arange(w), b.long()[:, :, None, None].unbind(1)
+    return TensorImage(((c >= x1) & (c < x2) & (r >= y1) & (r < y2))[:, None].to(torch.uint8) * 255)
+
+def extents(masks, thresh):
+    "The box around each mask's pixels above `thresh`, in continuous pixel coordinates (torchvision's is inclusive)"
+    return tvo.masks_to_boxes(masks[:, 0].as_subclass(torch.Tensor) > thresh) + torch.tensor([0., 0., 1., 1.])
+
+@pytest.mark.parametrize('tfms,tol', [([RandomFlip(p=0.5)], 0), ([RandomFlip(p=0.5, dim=-2)], 0), ([RandomPadCrop(4, 'zeros')], 0),
+                                      ([RandomResizedCrop((0.4, 1.))], 1.01), ([RandomAffine(max_rotate=0., max_zoom=1.3)], 1.01),
+                                      ([RandomPadCrop(3, 'zeros'), RandomFlip(), RandomResizedCrop((0.5, 1.)), RandomLighting()], 1.01)])
+def test_boxes_move_with_their_images_through_the_loader(tfms, tol):
+    "Images that are their own box's mask: after augmentation on the device, every box is still its mask's extent"
+    b = D.y.round()
+    dls = DeviceDataLoaders.from_boxes(box_masks(b, 32, 32), b, valid_idx=D.valid_idx, bs=64, seed=1, normalize=False, batch_tfms=tfms)
+    orig, moved = dls.train_ds.ys[0], 0
+    for i, (xb, yb) in enumerate(dls.train.new(shuffle=False, drop_last=False)): # in order, to compare with the unaugmented boxes
+        assert type(yb) is TensorBBox and ((yb >= 0) & (yb <= 32)).all()
+        assert (yb[:, 2] - yb[:, 0] > 0).all() and (yb[:, 3] - yb[:, 1] > 0).all()
+        assert torch.allclose(extents(xb, 0.5 if xb.is_floating_point() else 127), yb, atol=tol)
+        moved += (yb != orig[i * 64:(i + 1) * 64]).any(1).sum().item()
+    assert moved > 0.2 * len(orig)
+
+def test_flip_twice_is_identity_and_pad_crop_moves_by_the_shift():
+    x, b = TensorImage(box_masks(D.y[:64].round(), 32, 32)), TensorBBox(D.y[:64].round())
+    for dim in (-1, -2):
+        f = RandomFlip(p=1., dim=dim)
+        x2, b2 = f(f((x, b), split_idx=0), split_idx=0)
+        assert torch.equal(x2, x) and torch.equal(b2, b)
+    t = RandomPadCrop(5, 'zeros')
+    t.min_visible = 0. # no item skipped: every box moves by exactly its shift, clipped to the image
+    _, b3 = t((x, b), split_idx=0)
+    dy, dx = t.shift.float()
+    assert torch.equal(b3, (b - torch.stack([dx, dy, dx, dy], 1)).clamp(0, 32))
+
+@pytest.mark.parametrize('pred', [[5., 5., 5., 20.], [20., 5., 4., 20.], [60., 60., 70., 70.], [20., 30., 4., 2.], [6e4, -6e4, -6e4, 6e4]])
+def test_degenerate_predictions_give_finite_losses_and_gradients(pred):
+    t = torch.tensor([[4., 4., 20., 20.]])
+    for dtype in (torch.float32, torch.float16):
+        p = torch.tensor([pred], dtype=dtype, requires_grad=True)
+        loss = scaled_iou_loss(p, t, 'mean') + scaled_center_loss(p, t, 'mean') + CompositeBoxLoss(center_weight=1.)(p, t)
+        loss.backward()
+        assert loss.isfinite() and p.grad.isfinite().all()
+        assert 0 <= paired_box_iou(p.detach(), t).item() <= 1
+
+def test_scaled_iou_loss_gradcheck_float64():
+    g = torch.Generator().manual_seed(3)
+    t = torch.rand(30, 2, generator=g, dtype=torch.float64) * 20
+    t = torch.cat([t, t + 5 + torch.rand(30, 2, generator=g, dtype=torch.float64) * 20], 1)
+    p = (t + torch.randn(30, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: scaled_iou_loss(p, t, 'sum'), (p,))
+    assert torch.autograd.gradcheck(lambda p: CompositeBoxLoss(center_weight=0.5)(p, t), (p,))
