@@ -9,6 +9,8 @@ __all__ = []
 from . import (core, ingest, datasets, augment, data, learner, losses, metrics, multihead, lr_find, tta, ensemble,
                      metric, sampling, retrieval, pseudo)
 from .callback import mixup, snapshot, swa, tempering, progressive
+from .loss import box as loss_box
+from .box import data as box_data, model as box_model
 from .core import *
 from .ingest import *
 from .datasets import *
@@ -30,5 +32,8 @@ from .metric import *
 from .sampling import *
 from .retrieval import *
 from .pseudo import *
+from .loss.box import *
+from .box.data import *
+from .box.model import *
 __all__ = [name for m in (core, ingest, datasets, augment, data, learner, mixup, losses, metrics, multihead, lr_find, snapshot, swa,
-                          tempering, progressive, tta, ensemble, metric, sampling, retrieval, pseudo) for name in m.__all__]
+                          tempering, progressive, tta, ensemble, metric, sampling, retrieval, pseudo, loss_box, box_data, box_model) for name in m.__all__]
