@@ -31,26 +31,21 @@ def learner(cb, device):
     cb('before_fit'); cb('before_train') # fastai's mixers swap their loss function in here
     return learn
 
-def compkit_mix(cb, learn, x, y):
-    "compkit: the batch and its targets mixed in `before_batch`"
+def mix(cb, learn, x, y):
+    "The batch mixed by `cb` in `before_batch`, as both libraries' callbacks do"
     learn.xb, learn.yb = (x,), (y,)
     cb.before_batch()
 
 def compkit_step(cb, learn, x, y, pred):
     "compkit: mix in `before_batch`; fastai's loss; the partners' loss mixed in `after_loss`"
-    compkit_mix(cb, learn, x, y)
+    mix(cb, learn, x, y)
     learn.pred, learn.loss_grad = pred, learn.loss_func(pred, *learn.yb)
     cb.after_loss()
     return learn.loss_grad
 
-def fastai_mix(cb, learn, x, y):
-    "fastai: the batch mixed in `before_batch` (the targets are kept for its loss)"
-    learn.xb, learn.yb = (x,), (y,)
-    cb.before_batch()
-
 def fastai_step(cb, learn, x, y, pred):
     "fastai: mix in `before_batch`; its swapped-in loss function mixes the two losses"
-    fastai_mix(cb, learn, x, y)
+    mix(cb, learn, x, y)
     return learn.loss_func(pred, *learn.yb)
 
 def timm_step(mixer, x, y, pred, loss=SoftTargetCrossEntropy()):
@@ -61,8 +56,8 @@ def timm_step(mixer, x, y, pred, loss=SoftTargetCrossEntropy()):
 def mixers(bs, device):
     "name: {library: (mix the batch, mix the batch and compute the loss)}, for the same batch"
     timm_mix = lambda **kw: Mixup(label_smoothing=0., num_classes=10, **kw)
-    def ck(cb): learn = learner(cb, device); return (lambda x, y, p: compkit_mix(cb, learn, x, y)), (lambda x, y, p: compkit_step(cb, learn, x, y, p))
-    def fa(cb): learn = learner(cb, device); return (lambda x, y, p: fastai_mix(cb, learn, x, y)), (lambda x, y, p: fastai_step(cb, learn, x, y, p))
+    def ck(cb): learn = learner(cb, device); return (lambda x, y, p: mix(cb, learn, x, y)), (lambda x, y, p: compkit_step(cb, learn, x, y, p))
+    def fa(cb): learn = learner(cb, device); return (lambda x, y, p: mix(cb, learn, x, y)), (lambda x, y, p: fastai_step(cb, learn, x, y, p))
     def tm(m): return (lambda x, y, p: m(x, y)), (lambda x, y, p: timm_step(m, x, y, p))
     return {
         'MixUp, one λ per batch':  {'compkit': ck(MixUp(0.4)), 'fastai': fa(FastaiMixUp(0.4)), 'timm': tm(timm_mix(mixup_alpha=0.4))},
