@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_augment.ipynb #688ba130
 from __future__ import annotations
-import math
+import functools, math
 import torch, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastai.torch_core import TensorImage
@@ -19,9 +19,18 @@ __all__ = ['RandomPadCrop', 'RandomFlip', 'RandomResizedCrop', 'RandomAffine', '
 class _ItemRandTransform(RandTransform):
     "A `RandTransform` whose random state is drawn per item, on the batch's device, by `draw(n, device)`; it moves the batch's boxes with the images"
     min_visible = 0.5 # an item whose box would keep less than this fraction of its area inside the image is not transformed
+    def __call__(self, b, split_idx=None, **kwargs):
+        "Draw, then `apply` to each element of the batch `b`: fastai's per-element type dispatch costs more than these ops on small images"
+        if split_idx != self.split_idx: return b # random transforms are for training batches only
+        self.before_call(b, split_idx)
+        return type(b)(map(self.apply, b)) if isinstance(b, (tuple, list)) else self.apply(b)
+    def apply(self, o):
+        "The drawn transform applied to one element of a batch: images by `image`, boxes moved with them, anything else as is"
+        if isinstance(o, TensorImage): return _retyped(self.image(o.as_subclass(torch.Tensor)), o)
+        if isinstance(o, TensorBBox): return _retyped(self.clip(self.move_boxes(_per_item(o))).view(o.shape), o)
+        return o
     def before_call(self, b, split_idx):
-        self.do = True
-        x = b[0] if isinstance(b, (tuple, list)) else b
+        x = (b[0] if isinstance(b, (tuple, list)) else b).as_subclass(torch.Tensor) # fastai's tensor type costs per attribute read
         self.hw = tuple(x.shape[-2:])
         self.draw(x.shape[0], x.device)
         for bb in (o for o in (b if isinstance(b, (tuple, list)) else ()) if isinstance(o, TensorBBox)):
@@ -29,11 +38,20 @@ class _ItemRandTransform(RandTransform):
             lost = (_area(self.clip(moved)) < self.min_visible * _area(moved)).any(1)
             if lost.any(): self.skip(lost)
     def chosen(self, n, device): return torch.rand(n, device=device) < self.p
+    def uniform(self, n, device, lo:tuple, hi:tuple, off:tuple):
+        "(n, k) parameters: column j uniform in [lo[j], hi[j]] for the items chosen (with probability `p`), `off[j]` (no change) for the rest"
+        lo, hi, off = _constant((lo, hi, off), device) # three ops in all: on small images the per-op cost is what counts
+        u = torch.rand(n, len(lo) + 1, device=device)
+        return torch.where(u[:, -1:] < self.p, torch.lerp(lo, hi, u[:, :-1]), off)
     def move_boxes(self, boxes): return boxes # (n, k, 4) pixels: where each item's boxes land, before clipping
     def skip(self, items): pass # leave the items of the bool mask `items` untransformed
     def clip(self, boxes): h, w = self.hw; return torch.min(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
-    def encodes(self, x:TensorBBox): return TensorBBox(self.clip(self.move_boxes(_per_item(x))).view(x.shape))
 
+@functools.lru_cache(maxsize=64)
+def _constant(values, device): return torch.tensor(values, device=device) # made once: a new one per batch would be a host-to-device copy
+def _retyped(t, like):
+    "Plain tensor `t` as the type of `like`, with its metadata (fastai's `retain_type`, without the per-op dispatch)"
+    t = t.as_subclass(type(like)); t.__dict__.update(like.__dict__); return t
 def _per_item(boxes): return boxes.as_subclass(torch.Tensor).view(len(boxes), -1, 4).float()
 def _area(b): return (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
 
@@ -50,15 +68,15 @@ class RandomPadCrop(_ItemRandTransform):
         super().__init__(p=p); store_attr('pad,mode')
     def draw(self, n, device):
         self.shift = torch.randint(-self.pad, self.pad + 1, (2, n), device=device) * self.chosen(n, device)
-    def encodes(self, x:TensorImage):
+    def image(self, x):
         n, c, h, w = x.shape
         rows = torch.arange(h, device=x.device) + self.shift[0, :, None] # (n, h): source row of each output row
         cols = torch.arange(w, device=x.device) + self.shift[1, :, None]
         if self.mode == 'reflect': rows, cols = _reflect(rows, h), _reflect(cols, w)
         src = (rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]).view(n, 1, h * w)
-        out = x.as_subclass(torch.Tensor).reshape(n, c, h * w).gather(2, src.expand(n, c, h * w)).view(n, c, h, w)
+        out = x.reshape(n, c, h * w).gather(2, src.expand(n, c, h * w)).view(n, c, h, w)
         if self.mode == 'zeros': out = out * (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])[:, None]
-        return TensorImage(out)
+        return out
     def move_boxes(self, b): dy, dx = self.shift.to(b.dtype); return b - torch.stack([dx, dy, dx, dy], -1)[:, None]
     def skip(self, items): self.shift[:, items] = 0
 
@@ -68,9 +86,7 @@ class RandomFlip(_ItemRandTransform):
     order = IntToFloatTensor.order - 1
     def __init__(self, p:float=0.5, dim:int=-1): super().__init__(p=p); store_attr('dim')
     def draw(self, n, device): self.flip = self.chosen(n, device)
-    def encodes(self, x:TensorImage):
-        x = x.as_subclass(torch.Tensor) # plain ops: fastai's tensor subclass costs per op, not per pixel
-        return TensorImage(torch.where(self.flip[:, None, None, None], x.flip(self.dim), x))
+    def image(self, x): return torch.where(self.flip[:, None, None, None], x.flip(self.dim), x)
     def move_boxes(self, b):
         i, size = (0, self.hw[1]) if self.dim in (-1, 3) else (1, self.hw[0]) # x coordinates for a left-right flip, else y
         f = b.clone(); f[..., i], f[..., i + 2] = size - b[..., i + 2], size - b[..., i]
@@ -81,15 +97,24 @@ class RandomFlip(_ItemRandTransform):
 class _ItemAffineTransform(_ItemRandTransform):
     "An `_ItemRandTransform` resampling each image at its own affine grid `theta` (N, 2, 3: output to input, normalized coordinates)"
     order = IntToFloatTensor.order + 1 # resamples: needs floats
-    def encodes(self, x:TensorImage): return _resample(x, self.theta)
+    def image(self, x): return _resample(x, self.theta)
     def move_boxes(self, b): return _affine_boxes(b, self.theta, self.hw)
     def skip(self, items): self.theta[items] = torch.eye(2, 3, device=self.theta.device)
 
 def _resample(x, theta):
     "Sample each image `x[i]` at the affine grid `theta[i]` (output to input, normalized coordinates): one `grid_sample`"
-    x = x.as_subclass(torch.Tensor)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return TensorImage(F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False))
+    grid = _affine_grid(theta.to(x.dtype), *x.shape[-2:])
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+
+def _affine_grid(theta, h, w):
+    "`F.affine_grid(theta, (n, c, h, w), align_corners=False)` as two broadcast multiply-adds: ATen's batched matmul is 3-9x slower on the CPU"
+    t = theta[..., None, None] # (n, 2, 3, 1, 1): each output coordinate is a x + b y + c
+    row = t[:, :, 0] * _centres(w, theta) + t[:, :, 2] # (n, 2, 1, w): adding c here, not to the (n, 2, h, w) sum, keeps the big add vectorized
+    return (row + t[:, :, 1] * _centres(h, theta)[:, None]).permute(0, 2, 3, 1)
+
+@functools.lru_cache(maxsize=16)
+def _centres_on(k, device, dtype): return (torch.arange(k, device=device, dtype=dtype) * 2 + 1) / k - 1
+def _centres(k, like): return _centres_on(k, like.device, like.dtype) # the k pixel centres in [-1, 1], made once per size
 
 def _affine_boxes(b, theta, hw):
     "Where boxes `b` (n, k, 4 pixels) land when their images are resampled at `theta`: the envelope of their moved corners"
@@ -107,15 +132,11 @@ class RandomResizedCrop(_ItemAffineTransform):
                  p:float=1.):
         super().__init__(p=p); store_attr('scale,ratio')
     def draw(self, n, device):
-        u = torch.rand(4, n, device=device)
-        area = self.scale[0] + u[0] * (self.scale[1] - self.scale[0])
-        logr = math.log(self.ratio[0]) + u[1] * (math.log(self.ratio[1]) - math.log(self.ratio[0]))
-        w, h = (area * logr.exp()).sqrt().clamp(max=1), (area / logr.exp()).sqrt().clamp(max=1) # fractions of the image
-        keep = ~self.chosen(n, device)
-        w, h = w.masked_fill(keep, 1.), h.masked_fill(keep, 1.)
-        self.theta = torch.zeros(n, 2, 3, device=device)
-        self.theta[:, 0, 0], self.theta[:, 1, 1] = w, h
-        self.theta[:, 0, 2], self.theta[:, 1, 2] = (2 * u[2] - 1) * (1 - w), (2 * u[3] - 1) * (1 - h) # centre, crop inside
+        r0, r1 = map(math.log, self.ratio)
+        area, log_ratio, cx, cy = self.uniform(n, device, (self.scale[0], r0, -1, -1), (self.scale[1], r1, 1, 1), (1, 0, 0, 0)).T
+        wh = (area[:, None] * torch.stack([log_ratio, -log_ratio], 1).exp()).sqrt().clamp(max=1) # (n, 2) fractions of width and height
+        centre = torch.stack([cx, cy], 1) * (1 - wh) # the crop stays inside the image
+        self.theta = torch.cat([torch.diag_embed(wh), centre[..., None]], 2)
 
 # %% ../nbs/08_augment.ipynb #0cb98157
 class RandomAffine(_ItemAffineTransform):
@@ -126,14 +147,11 @@ class RandomAffine(_ItemAffineTransform):
                  p:float=0.75): # chance an image is transformed (fastai's `p_affine`)
         super().__init__(p=p); store_attr('max_rotate,max_zoom,flip')
     def draw(self, n, device):
-        u = torch.rand(4, n, device=device)
-        on = self.chosen(n, device)
-        angle = torch.deg2rad((2 * u[0] - 1) * self.max_rotate) * on
-        scale = 1 / (1 + u[1] * (self.max_zoom - 1) * on) # sampling a smaller window zooms in
-        mirror = torch.where((torch.rand(n, device=device) < 0.5) & on & self.flip, -1., 1.)
+        r = math.radians(self.max_rotate)
+        angle, zoom, cx, cy, mirror = self.uniform(n, device, (-r, 1, -1, -1, -1 if self.flip else 1), (r, self.max_zoom, 1, 1, 1), (0, 1, 0, 0, 1)).T
+        scale, mirror = 1 / zoom, mirror.sign() # sampling a smaller window zooms in; a negative draw mirrors (half the chosen items)
         cos, sin = angle.cos() * scale, angle.sin() * scale
-        self.theta = torch.stack([torch.stack([cos * mirror, -sin, (2 * u[2] - 1) * (1 - scale)], 1),
-                                  torch.stack([sin * mirror, cos, (2 * u[3] - 1) * (1 - scale)], 1)], 1)
+        self.theta = torch.stack([cos * mirror, -sin, cx * (1 - scale), sin * mirror, cos, cy * (1 - scale)], 1).view(n, 2, 3)
 
 # %% ../nbs/08_augment.ipynb #734e2d82
 class RandomLighting(_ItemRandTransform):
@@ -143,10 +161,7 @@ class RandomLighting(_ItemRandTransform):
                  p:float=0.75): # chance an image is changed (fastai's `p_lighting`)
         super().__init__(p=p); store_attr('max_lighting')
     def draw(self, n, device):
-        u, on = torch.rand(2, n, 1, 1, 1, device=device), self.chosen(n, device).view(n, 1, 1, 1)
-        m = self.max_lighting
-        self.contrast = torch.exp((2 * u[0] - 1) * -math.log(1 - m) * on) # log-uniform, as fastai's contrast
-        self.brightness = (2 * u[1] - 1) * m * on
-    def encodes(self, x:TensorImage):
-        x = x.as_subclass(torch.Tensor)
-        return TensorImage(torch.addcmul(0.5 + self.brightness - 0.5 * self.contrast, x, self.contrast).clamp_(0, 1))
+        m, c = self.max_lighting, -math.log(1 - self.max_lighting)
+        log_contrast, brightness = self.uniform(n, device, (-c, -m), (c, m), (0, 0)).view(n, 2, 1, 1, 1).unbind(1)
+        self.contrast, self.brightness = log_contrast.exp(), brightness # log-uniform contrast, as fastai's
+    def image(self, x): return torch.addcmul(0.5 + self.brightness - 0.5 * self.contrast, x, self.contrast).clamp_(0, 1) # contrast about mid-grey
