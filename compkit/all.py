@@ -8,7 +8,7 @@ __all__ = []
 # %% ../nbs/99_all.ipynb #ac342fc2
 from . import (core, ingest, datasets, augment, data, learner, losses, metrics, multihead, lr_find, tta, ensemble,
                      metric, sampling, retrieval, pseudo)
-from .callback import mixup, snapshot, swa, tempering, progressive
+from .callback import mixup, precision, snapshot, swa, tempering, progressive
 from .loss import box as loss_box
 from .box import data as box_data, model as box_model
 from .core import *
@@ -18,6 +18,7 @@ from .augment import *
 from .data import *
 from .learner import *
 from .callback.mixup import *
+from .callback.precision import *
 from .losses import *
 from .metrics import *
 from .multihead import *
@@ -35,5 +36,5 @@ from .pseudo import *
 from .loss.box import *
 from .box.data import *
 from .box.model import *
-__all__ = [name for m in (core, ingest, datasets, augment, data, learner, mixup, losses, metrics, multihead, lr_find, snapshot, swa,
+__all__ = [name for m in (core, ingest, datasets, augment, data, learner, mixup, precision, losses, metrics, multihead, lr_find, snapshot, swa,
                           tempering, progressive, tta, ensemble, metric, sampling, retrieval, pseudo, loss_box, box_data, box_model) for name in m.__all__]

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os, tempfile
 from contextlib import contextmanager
 from pathlib import Path
-import torch
+import torch, torch.distributed as dist
 from fastai.torch_core import set_seed
 
 # %% auto #0
-__all__ = ['seed_everything', 'get_device', 'device_generator', 'atomic_write']
+__all__ = ['seed_everything', 'get_device', 'device_generator', 'atomic_write', 'rank_world', 'from_rank0', 'barrier']
 
 # %% ../nbs/00_core.ipynb #98946f64
 def seed_everything(seed:int, # seeds python's `random`, numpy, torch and every cuda device
@@ -26,8 +26,9 @@ def seed_everything(seed:int, # seeds python's `random`, numpy, torch and every 
 # %% ../nbs/00_core.ipynb #e061cfef
 def get_device(device:str|torch.device|None=None, # an explicit choice wins
               ) -> torch.device:
-    "The training device: `device` if given, else `$COMPKIT_DEVICE`, else cuda when present, else cpu"
-    return torch.device(device or os.environ.get('COMPKIT_DEVICE') or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    "The training device: `device` if given, else `$COMPKIT_DEVICE`, else cuda when present (this process's GPU, `$LOCAL_RANK`, under torchrun), else cpu"
+    cuda = f"cuda:{os.environ['LOCAL_RANK']}" if 'LOCAL_RANK' in os.environ else 'cuda' # launchers give each process its GPU's index
+    return torch.device(device or os.environ.get('COMPKIT_DEVICE') or (cuda if torch.cuda.is_available() else 'cpu'))
 
 # %% ../nbs/00_core.ipynb #37e8fbe6
 def device_generator(device:str|torch.device, # where the generator draws
@@ -51,3 +52,21 @@ def atomic_write(path:str|Path, # the file to write
         os.replace(tmp, path) # atomic on POSIX and Windows: readers see the old file or the new one, never half of one
     finally:
         if os.path.exists(tmp): os.remove(tmp)
+
+# %% ../nbs/00_core.ipynb #85e21272
+def rank_world() -> tuple:
+    "(rank, world size) of this process in its `torch.distributed` group, (0, 1) outside one"
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+def from_rank0(obj):
+    "Rank 0's `obj` on every rank (any picklable object); `obj` itself outside a process group"
+    if rank_world()[1] == 1: return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+def barrier():
+    "Wait until every rank gets here (nothing to wait for outside a process group)"
+    if rank_world()[1] > 1: dist.barrier()
+

@@ -7,19 +7,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from fastcore.basics import store_attr, ifnone
+from fastcore.basics import store_attr, ifnone, defaults
 from fastcore.foundation import L
-from fastai.torch_core import TensorImage, TensorCategory, TensorMultiCategory, to_device
+from fastai.torch_core import TensorImage, TensorCategory, TensorMultiCategory, to_device, to_detach, apply
 from fastai.data.core import TfmdDL, DataLoaders
+from fastai.callback.core import Callback
+from fastai.distributed import DistributedTrainer, DistributedDL
 from fastai.losses import CrossEntropyLossFlat, BCEWithLogitsLossFlat
 from fastai.data.transforms import IntToFloatTensor, Normalize, Category, MultiCategory, CategoryMap, get_image_files
 import fastai.vision.data # registers `show_batch` and `show_results` for `TensorImage` batches
-from .core import get_device, device_generator
+from .core import get_device, device_generator, rank_world, from_rank0
 from .ingest import fit_image, check_image, class_labels, load_images, images_from_arrays
 from .datasets import TensorSet
 
 # %% auto #0
-__all__ = ['DeviceDataset', 'DeviceDL', 'image_stats', 'WeightedSampler', 'class_balance_weights', 'split_idxs',
+__all__ = ['DeviceDataset', 'DeviceDL', 'UnwrapDeviceDL', 'image_stats', 'WeightedSampler', 'class_balance_weights', 'split_idxs',
            'DeviceDataLoaders']
 
 # %% ../nbs/10_data.ipynb #c6acf3ff
@@ -76,7 +78,7 @@ def _decode_target(t, vocab):
 
 # %% ../nbs/10_data.ipynb #b86b917e
 class DeviceDL(TfmdDL):
-    "A fastai `TfmdDL` over a `DeviceDataset`: each batch is one gather on the data's device, then `after_batch` there"
+    "A fastai `TfmdDL` over a `DeviceDataset`: each batch is one gather on the data's device, then `after_batch` there; in a process group, this rank's part"
     def __init__(self,
                  dataset:DeviceDataset, # the split to load
                  bs:int=64, # batch size
@@ -92,7 +94,9 @@ class DeviceDL(TfmdDL):
     @property
     def gen(self):
         "The generator of this loader's shuffles, on the data's device, made on first use"
-        if getattr(self, '_gen', None) is None: self._gen = device_generator(self.dataset.x.device, self.seed)
+        if getattr(self, '_gen', None) is None:
+            self.seed = from_rank0(self.seed) # every rank draws the same order, and takes its part of it
+            self._gen = device_generator(self.dataset.x.device, self.seed)
         return self._gen
 
     def get_idxs(self):
@@ -105,10 +109,24 @@ class DeviceDL(TfmdDL):
     def __iter__(self):
         self.randomize(); self.before_iter()
         idxs = self.get_idxs()
-        n_batches = len(idxs) // self.bs if self.drop_last else math.ceil(len(idxs) / self.bs)
-        batches = (self.dataset.items(idxs[i*self.bs:(i+1)*self.bs]) for i in range(n_batches))
-        for b in _prefetch(batches, self.device): yield self.after_batch(b)
+        self._n, (rank, world) = len(idxs), rank_world()
+        if world > 1 and not self.drop_last and len(idxs) % world: # pad with the first items so that every rank has as many
+            idxs = torch.cat([idxs, idxs[torch.arange(world - len(idxs) % world) % len(idxs)]])
+        spans = _rank_spans(len(idxs), self.bs, self.drop_last, rank, world)
+        batches = (self.dataset.items(idxs[lo:hi]) for _, lo, hi in spans)
+        for (self._start, _, _), b in zip(spans, _prefetch(batches, self.device)): yield self.after_batch(b)
         self.after_iter()
+
+    def __len__(self):
+        world = rank_world()[1]
+        return self.n // (self.bs * world) if self.drop_last else math.ceil(math.ceil(self.n / world) / self.bs)
+
+    def to_detach(self, b, cpu=True, gather=True):
+        "fastai's `to_detach`: across ranks the gathered parts of a batch are consecutive items, so only the padding at the end is cut"
+        b = to_detach(b, cpu, gather)
+        if not gather or rank_world()[1] == 1: return b
+        keep = self._n - self._start # the items of the epoch's order left from this batch on; beyond them, padding
+        return apply(lambda t: t[:keep] if t.ndim else t, b)
 
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **{'sampler': self.sampler, 'seed': self.seed, **kwargs})
@@ -124,6 +142,12 @@ class DeviceDL(TfmdDL):
 
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_gen'} # generators don't pickle
 
+def _rank_spans(n, bs, drop_last, rank, world):
+    "(start, lo, hi) of each of `rank`'s batches: the `world` ranks take consecutive parts of each run of `bs*world` of the `n` items, from `start`"
+    step = bs * world
+    starts = range(0, n - step + 1 if drop_last else n, step)
+    return [(s, s + rank * k, s + (rank + 1) * k) for s in starts for k in [min(step, n - s) // world]]
+
 def _prefetch(batches, device):
     "Batches on `device`: those already there pass through; host batches are pinned and copied one batch ahead, `non_blocking`"
     ahead = None
@@ -134,6 +158,19 @@ def _prefetch(batches, device):
         if ahead is not None: yield ahead
         ahead = b
     if ahead is not None: yield ahead
+
+# %% ../nbs/10_data.ipynb #1f8230ef
+class UnwrapDeviceDL(Callback):
+    "Under fastai's `DistributedTrainer` (`learn.distrib_ctx()`), give `DeviceDL`s back unwrapped: they take their rank's part themselves"
+    order = DistributedTrainer.order + 1 # just after it wraps the loaders
+    def before_fit(self): self.learn.dls.loaders = [_unwrapped(dl) for dl in self.dls.loaders]
+    def before_train(self): self.learn.dl = _unwrapped(self.dl)
+    before_validate = before_train
+
+def _unwrapped(dl): return dl.dl if isinstance(dl, DistributedDL) and isinstance(dl.dl, DeviceDL) else dl
+
+if UnwrapDeviceDL not in defaults.callbacks: defaults.callbacks.append(UnwrapDeviceDL) # in every Learner, as fastai adds its `ProgressCallback`
+
 
 # %% ../nbs/10_data.ipynb #9baa328d
 def image_stats(x:torch.Tensor, # uint8 images (N, C, H, W)

@@ -14,6 +14,7 @@ from fastcore.basics import patch, tuplify
 from fastai.learner import Learner
 from fastai.callback.core import CancelFitException
 from fastai.callback.schedule import LRFinder, ParamScheduler, SuggestionMethod
+from .core import rank_world, from_rank0
 
 # %% auto #0
 __all__ = ['lr_bounds']
@@ -52,7 +53,7 @@ class _BoundsFinder(LRFinder):
         self.best_loss = float('inf')
     def after_batch(self):
         ParamScheduler.after_batch(self)
-        if not torch.isfinite(self.learn.loss).all(): raise CancelFitException()
+        if not torch.isfinite(self.smooth_loss): raise CancelFitException() # the smoothed loss is the ranks' mean: they all stop together
         self.best_loss = min(self.best_loss, float(self.smooth_loss))
         # fastai checks from the first batch: a trained model's tiny, noisy loss passes 4x its best at once (fastai#3658)
         if self.stop_div and self.train_iter > self.num_it // 10 and self.smooth_loss > 4 * self.best_loss: raise CancelFitException()
@@ -113,7 +114,8 @@ def lr_find_bounds(self:Learner,
             warnings.warn(f"fastai's `{names[-1]}` suggestion failed on {tail} points ({e}); it is None"); lr, pnt = None, None
         sugg.append(lr)
         if pnt is not None: pnts.append(pnt)
-    if show_plot:
+    sugg = from_rank0(sugg) # in several processes, one result for all (their curves are the same: fastai averages the loss over the ranks)
+    if show_plot and rank_world()[0] == 0:
         with plt.rc_context({'figure.figsize': (6, 3)}):
             self.recorder.plot_lr_find(suggestions=pnts, nms=[nm for nm, s in zip(names, sugg) if s is not None])
             plt.gca().axvspan(lr_min, lr_max, alpha=0.15, color='C1')

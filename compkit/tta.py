@@ -110,6 +110,10 @@ def _reduce(v, mode):
 def _combine(a, b, mode): return b if a is None else torch.maximum(a, b) if mode == 'max' else a + b
 def _finish(a, n, mode): return a if mode == 'max' else (a / n).exp() if mode == 'gmean' else a / n
 
+def _gathered(dl, b):
+    "`b` detached, on the host, gathered over the ranks as fastai's `Learner.to_detach` does: by the loader, if it knows how (a `DeviceDL` in order, without padding)"
+    return dl.to_detach(b) if hasattr(dl, 'to_detach') else to_detach(b)
+
 class _ViewBatches:
     "The batches of `dl` as chunks of `chunk` views, one forward pass each; `cur` says which batch and views are in flight"
     def __init__(self, dl, n_inp, chunk, size, scale, flip): store_attr()
@@ -118,7 +122,7 @@ class _ViewBatches:
         targs = []
         for bi, b in enumerate(self.dl):
             x = b[0]
-            targs.append(to_detach(b[self.n_inp:]))
+            targs.append(_gathered(self.dl, b[self.n_inp:]))
             tc = TenCrop(x.shape[-2:], self.size, self.scale, self.flip)
             if tc.size == tc.scaled: raise ValueError(f"the {tc.size[0]}x{tc.size[1]} crops are the whole {tc.scaled[0]}x{tc.scaled[1]} image at scale {self.scale}, so the five crops are the same: pass scale>1 (e.g. 8/7, ImageNet's 256/224) or a smaller size")
             xs = tc.rescale(x)
@@ -144,10 +148,10 @@ class _MergeViews(Callback):
             elif self.merge == 'gmean' and (o < 0).any():
                 raise ValueError(f"merge='gmean' needs predictions >= 0, but output {j} has negative values: give the loss an `activation` or pass `act`")
             v = torch.stack(v)
-            if self.with_views: self.views.setdefault((bi, j), []).append(to_detach(v))
+            if self.with_views: self.views.setdefault((bi, j), []).append(_gathered(self.batches.dl, v.transpose(0, 1)).transpose(0, 1))
             self.part[j] = _combine(self.part.get(j), _reduce(v, self.mode(j)), self.mode(j))
         if idxs[-1] == len(tc) - 1: # the batch's last view: its partial merge goes to the host, as `get_preds` moves predictions
-            for j, r in self.part.items(): self.acc[bi, j] = _combine(self.acc.get((bi, j)), to_detach(r), self.mode(j))
+            for j, r in self.part.items(): self.acc[bi, j] = _combine(self.acc.get((bi, j)), _gathered(self.batches.dl, r), self.mode(j))
             self.part = {}
     def mode(self, j): return 'mean' if j in self.box_out else self.merge # boxes: the mean of the mapped-back corners
     def result(self):

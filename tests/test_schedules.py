@@ -13,6 +13,7 @@ from compkit.augment import RandomPadCrop
 from compkit.learner import timm_learner
 from compkit.lr_find import lr_bounds
 from compkit.callback.snapshot import SnapshotEnsemble
+from compkit.callback.mixup import MixUp as CompkitMixUp
 from compkit.callback.swa import SWA
 from compkit.callback.tempering import Tempering
 from compkit.callback.progressive import ProgressiveResize
@@ -158,13 +159,13 @@ def test_progressive_resize_runs_before_fastai_mixup(dls):
 
 # ---- composition and state
 
-def test_fine_tune_with_mixup_snapshots_and_tempering_in_one_fit(dls):
-    "fastai's MixUp stands in for compkit's MixUp (issue 4) until both are merged"
+@pytest.mark.parametrize('mix', [lambda: MixUp(0.4), lambda: CompkitMixUp(0.4)], ids=['fastai_mixup', 'compkit_mixup'])
+def test_fine_tune_with_mixup_snapshots_and_tempering_in_one_fit(dls, mix):
     seed_everything(0)
     learn = timm_learner(dls, small_cnn())
     loss_func, fs = learn.loss_func, dls.train.after_batch.fs
     snap, tmp = SnapshotEnsemble(), Tempering(switch_epoch=2)
-    with quiet(learn), learn.no_logging(): learn.fine_tune(3, 2e-2, freeze_epochs=1, lr_mult=1, cbs=[MixUp(0.4), snap, tmp])
+    with quiet(learn), learn.no_logging(): learn.fine_tune(3, 2e-2, freeze_epochs=1, lr_mult=1, cbs=[mix(), snap, tmp])
     assert len(learn.snapshots) == 2 and tmp.switch_at == 2                   # one snapshot per fine_tune phase; switched in phase 2
     assert learn.loss_func is loss_func and dls.train.after_batch.fs is fs and dls.train.bs == 64
     with quiet(learn): probs, targs = learn.snapshot_preds()

@@ -14,7 +14,7 @@ from fastai.torch_core import get_model, find_bs
 from fastai.learner import Learner, Recorder, save_model, load_model
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
-from ..core import atomic_write
+from ..core import atomic_write, rank_world, barrier
 
 # %% auto #0
 __all__ = ['SnapshotEnsemble']
@@ -58,7 +58,9 @@ class SnapshotEnsemble(Callback):
         "This epoch's weights: a copy in host memory, or the path of the file they were written to, atomically"
         if not self.to_disk: return {k: v.detach().to('cpu', copy=True) for k, v in get_model(self.model).state_dict().items()}
         file = self.path/self.model_dir/f'{self.fname}_{i:03d}.pth'
-        with atomic_write(file) as tmp: save_model(tmp, self.model, None, with_opt=False)
+        if rank_world()[0] == 0: # every rank has the same weights: one writes, the others wait until it has
+            with atomic_write(file) as tmp: save_model(tmp, self.model, None, with_opt=False)
+        barrier()
         return file
 
 # %% ../../nbs/41_callback.snapshot.ipynb #d2cfa734

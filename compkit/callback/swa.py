@@ -4,12 +4,13 @@
 
 # %% ../../nbs/42_callback.swa.ipynb #d48913ce
 from __future__ import annotations
-import torch
+import torch, torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, SWALR, update_bn
 from fastcore.basics import store_attr, ifnone
 from fastai.torch_core import get_model
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
+from ..core import rank_world
 
 # %% auto #0
 __all__ = ['SWA']
@@ -53,4 +54,11 @@ class SWA(Callback):
         n_inp = getattr(self.dls, 'n_inp', 1)
         if n_inp != 1: raise ValueError(f"SWA recomputes BatchNorm statistics with torch's `update_bn`, which feeds one input; this data has {n_inp}")
         with torch.no_grad(): update_bn((b[0] for b in self.dls.train), self.swa_model) # fastai batches are (x, y) tuples: feed the inputs
+        _average_over_ranks(self.swa_model.buffers()) # in several processes each measured its own part of the data
         get_model(self.model).load_state_dict(self.swa_model.module.state_dict())
+
+def _average_over_ranks(tensors):
+    "Replace each floating-point tensor by its mean over the ranks (nothing to do in one process)"
+    world = rank_world()[1]
+    for t in tensors:
+        if world > 1 and t.is_floating_point(): dist.all_reduce(t); t /= world
