@@ -4,6 +4,7 @@ from torch.utils.benchmark import Timer
 from torchvision.ops import generalized_box_iou_loss
 from compkit.core import get_device
 from compkit.loss.box import scaled_iou_loss
+from _plot import bar_chart
 
 def boxes(n, device, g):
     "n random valid xyxy boxes in a 512 px image, as torchvision's losses require"
@@ -27,8 +28,11 @@ if __name__ == '__main__':
     print(f"forward + backward, mean reduction, float32, {device} ({torch.get_num_threads()} threads)\n")
     print('| box pairs | ' + ' | '.join(losses) + ' | scaled IoU / GIoU | scaled IoU / L1 |')
     print('|---:|' + '---:|' * (len(losses) + 2))
+    ms = {}
     for n in (10_000, 1_000_000):
         pred, targ = boxes(n, device, g), boxes(n, device, g)
         t = {k: time_fwd_bwd(f, pred, targ, args.min_run_time) for k, f in losses.items()}
         ours, giou, l1 = t.values()
+        ms[f'{n:,} pairs'] = {k: v * 1e3 for k, v in t.items()}
         print(f"| {n:,} | " + ' | '.join(f'{v*1e3:.3f} ms' for v in t.values()) + f" | {ours/giou:.2f}x | {ours/l1:.2f}x |")
+    bar_chart('forward_backward', ms, 'ms per forward + backward (log scale)', f'Box losses, float32, {device}', log=True)

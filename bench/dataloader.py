@@ -12,6 +12,7 @@ from compkit.core import get_device
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders, image_stats
 from compkit.augment import RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting
+from _plot import bar_chart
 
 def images_per_s(dl, epochs):
     "Median images/s over `epochs` full passes, after one warm-up pass; each batch is touched so lazy work is done"
@@ -59,6 +60,8 @@ def main(sizes, epochs, bs=64):
     print("The headline row draws what fastai's `aug_transforms()` draws (flip, rotation up to 10 degrees, zoom up to 1.1, lighting 0.2) except its perspective warp.\n")
     print("| px | loader | images/s | headline / this |\n|---|---|---|---|")
     for size, k, v, r in rows: print(f"| {size} | {k} | {v:,.0f} | {r:.1f}x |")
+    bar_chart('images_per_s', {f'{s} px': {k: v for size, k, v, _ in rows if size == s} for s in sizes}, 'images/s (log scale)',
+              f'Training batches, {os.cpu_count()} cores, device {get_device()}, bs {bs}', log=True, fmt='{:,.0f}')
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(); p.add_argument('--sizes', type=int, nargs='+', default=[32, 64]); p.add_argument('--epochs', type=int, default=3)

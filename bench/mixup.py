@@ -22,6 +22,7 @@ from fastai.callback.mixup import MixUp as FastaiMixUp, CutMix as FastaiCutMix
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
 from compkit.callback.mixup import MixUp, CutMix, MixUpCutMix
+from _plot import bar_chart
 
 def learner(cb, device):
     "A `Learner` in training mode holding `cb`, to call the callback's events on one batch as fastai's loop does"
@@ -138,6 +139,8 @@ def main(bs=64, size=64, threads=1, reps=40):
             print(f"| {name} | {us('compkit')} | {us('fastai')} | {us('timm')} | {ratio('fastai')} | {ratio('timm')} |" + (f" {share('compkit')} | {share('fastai')} | {share('timm')} |" if i else ""))
         print()
     print(f"plain loss, µs: fastai CrossEntropyLossFlat {plain['fastai']*1e6:.0f}, torch CrossEntropyLoss {plain['timm']*1e6:.0f}")
+    bar_chart('added_per_step', {name: {lib: v[1] * 1e6 for lib, v in t.items()} for name, t in rows}, 'µs added to a training step (log scale)',
+              f'What mixing adds to a step ({device}, batch {bs}x3x{size}x{size}; the step itself: {step*1e3:.0f} ms)', log=True, fmt='{:,.0f}')
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])

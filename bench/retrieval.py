@@ -10,6 +10,7 @@ from sklearn.neighbors import NearestNeighbors
 from compkit.core import device_generator
 from compkit.retrieval import topk_similar, rank_classes
 from compkit.sampling import PKSampler
+from _plot import bar_chart
 
 def seconds(f, reps=3):
     "Median wall time of `f()` over `reps` runs, after one warm-up run"
@@ -51,14 +52,18 @@ def main(n_q, n_g, dim, n_cls, threads, k=20):
     y = torch.randint(0, 5000, (n,), generator=g)
     sampler, gen = PKSampler(y, p, kk), device_generator('cpu', 0)
     t_pk = seconds(lambda: sampler(n, gen))
+    pk = {'compkit': t_pk}
     print('\n| one epoch of PK indices (100,000 items, 5,000 classes, 16x4) | seconds | vs compkit |\n|---|---|---|')
     print(f'| compkit `PKSampler` (tensor ops) | {t_pk:.4f} | 1.00 |')
     try:
         from pytorch_metric_learning.samplers import MPerClassSampler
         pml = MPerClassSampler(y.numpy(), m=kk, batch_size=p * kk, length_before_new_iter=n)
-        t_pml = seconds(lambda: list(iter(pml)))
+        t_pml = pk['pytorch-metric-learning'] = seconds(lambda: list(iter(pml)))
         print(f'| pytorch-metric-learning `MPerClassSampler` (Python loop) | {t_pml:.4f} | {t_pml / t_pk:.1f} |')
     except ImportError: print('| pytorch-metric-learning not installed | - | - |')
+    bar_chart('seconds', {'top-k neighbours': {'compkit': t_ours, 'torch, one full matrix': t_full, 'scikit-learn': t_sk},
+                          'top-5 classes': {'compkit': t_rank, 'scikit-learn': t_dedup}, 'one epoch of PK indices': pk},
+              'seconds (log scale)', f'Retrieval, {n_q:,} queries x {n_g:,} gallery, {torch.get_num_threads()} threads', log=True)
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -14,6 +14,7 @@ from compkit.data import DeviceDataLoaders
 from compkit.learner import timm_learner
 from compkit.lr_find import _kept # and Learner.lr_find_bounds
 from compkit.callback.snapshot import SnapshotEnsemble # and Learner.fit_sgdr_snapshots
+from _plot import bar_chart
 
 def block(ni, nf, stride): return [nn.Conv2d(ni, nf, 3, stride, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU()]
 def small_cnn(): return nn.Sequential(*block(1, 16, 1), *block(16, 32, 2), *block(32, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
@@ -72,6 +73,9 @@ def main(arch, size, repeats):
         ratios = f"{v / med[p]:.3f}x | {min(times[k]) / min(times[p]):.3f}x" if p else "- | -"
         work = f"{100 * statistics.median(snap_work[k]):.2f}%" if k in snap_work else '-'
         print(f"| {k} | {v:.2f} | {min(times[k]):.2f} | {p or '-'} | {ratios} | {work} |")
+
+    bar_chart('wall_time', {'range test': {k: v for k, v in med.items() if 'lr_find' in k}, 'SGDR, 3 cycles': {k: v for k, v in med.items() if 'sgdr' in k}},
+              'median seconds', f'Schedules vs fastai, {arch} on {size} px digits, median of {repeats}')
 
     # the one piece of work where the two range tests differ: keeping the learner's state (fastai: to disk and back)
     learn = learner(); learn.create_opt()

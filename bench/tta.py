@@ -13,6 +13,7 @@ from compkit.data import DeviceDataLoaders
 from compkit.augment import RandomPadCrop, RandomResizedCrop
 from compkit.learner import timm_learner
 from compkit.tta import TenCrop
+from _plot import bar_chart
 
 p = argparse.ArgumentParser()
 p.add_argument('--epochs', type=int, default=4)
@@ -93,3 +94,6 @@ print(f"\n### Validation accuracy (digits, {len(targs)} images)\n")
 print("| prediction | accuracy | vs 1 crop |")
 print("|---|---|---|")
 for k, a in rows: print(f"| {k} | {a:.4f} | {a - rows[0][1]:+.4f} |")
+bar_chart('time_per_view', {'ms per view': {k: 1000 * best[k] / n for k, (f, n) in runs.items()}}, 'ms per view of the 360 images',
+          f'10-crop TTA, {torch.get_num_threads()} threads, best of {args.reps}', fmt='{:.1f}')
+bar_chart('accuracy', {'accuracy': dict(rows)}, 'validation accuracy', 'Accuracy on 360 digits by prediction method', fmt='{:.4f}')

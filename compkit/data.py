@@ -5,6 +5,7 @@
 # %% ../nbs/10_data.ipynb #13ddf63c
 from __future__ import annotations
 import math
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, ifnone, defaults
@@ -54,6 +55,12 @@ class DeviceDataset:
     def decode(self, o, full=True): return (o[0], *(_decode_target(t, v) for t, v in zip(o[1:], self.vocabs)))
     def new(self, x, ys=(), split_idx=None): return type(self)(x, ys, self.vocabs, split_idx, self.method)
     def new_empty(self): return self.new(self.x[:0], tuple(y[:0] for y in self.ys), self.split_idx)
+    @contextmanager
+    def set_split_idx(self, i:int):
+        "Temporarily give the dataset split `i` (0: the training transforms run), as fastai's `Datasets.set_split_idx` does"
+        old, self.split_idx = self.split_idx, i
+        try: yield self
+        finally: self.split_idx = old
     def to(self, device, keep_x_on_host=False):
         "Move the targets, and the images unless `keep_x_on_host`, to `device`"
         if not keep_x_on_host: self.x = self.x.to(device)

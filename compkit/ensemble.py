@@ -14,7 +14,7 @@ from fastai.callback.hook import Hook
 import compkit.tta # `Learner.tta10`
 
 # %% auto #0
-__all__ = ['ensemble_preds', 'fit_weights', 'learners_preds', 'embeddings', 'meta_embeddings']
+__all__ = ['ensemble_preds', 'fit_weights', 'learners_preds', 'embeddings', 'concat_embeddings', 'meta_embeddings']
 
 # %% ../nbs/51_ensemble.ipynb #61bba7f0
 def _ranks(p):
@@ -109,17 +109,28 @@ def embeddings(learn, # a fastai `Learner`
         _, targs = learn.get_preds(dl=dl, ds_idx=ds_idx, reorder=False) # in the loader's order, as the hook sees them
     return torch.cat(feats), targs
 
+# %% ../nbs/51_ensemble.ipynb #0caec8b4
+def concat_embeddings(embs:list, # embeddings of the same items from several models: tensors (N, d_i)
+                      weights:list|None=None, # each model's weight (default: equal)
+                     ) -> torch.Tensor:
+    "Meta-embeddings: each model's embeddings L2-normalised, scaled by the square root of its share of `weights`, concatenated"
+    if len({len(e) for e in embs}) != 1: raise ValueError(f"the embeddings cover different numbers of items: {[len(e) for e in embs]}; embed the same items, in the same order, with every model")
+    w = torch.as_tensor(ifnone(weights, [1.] * len(embs)), dtype=torch.float)
+    if len(w) != len(embs) or (w < 0).any() or w.sum() <= 0: raise ValueError(f"weights must be {len(embs)} non-negative numbers, not all 0; got {w.tolist()}")
+    w = (w / w.sum()).sqrt()
+    return torch.cat([F.normalize(e.float()) * wi for e, wi in zip(embs, w.tolist())], 1)
+
 # %% ../nbs/51_ensemble.ipynb #3ee8fdac
 def meta_embeddings(learners:list, # fastai `Learner`s, of any architecture and input size
                     dl=None, # a `DataLoader` for all, or a list of one per learner; default each learner's own `dls[ds_idx]`
                     ds_idx:int=1, # 0: train, 1: valid, when `dl` is None
                     layers:list|None=None, # for each learner, the module whose output is its embedding (see `embeddings`)
-                    normalize:bool=True, # scale each model's embedding to unit L2 norm before concatenating
+                    weights:list|None=None, # each learner's weight (default: equal), as in `concat_embeddings`
                    ) -> tuple:
-    "The `embeddings` of several learners, each L2-normalised, concatenated: (N, D1+D2+...), targs"
+    "The `embeddings` of several learners joined by `concat_embeddings` (each L2-normalised, weighted): (N, D1+D2+...), targs"
     embs, targs = [], None
     for i, (learn, dl, layer) in enumerate(zip(learners, _per_learner(dl, learners), ifnone(layers, [None] * len(learners)))):
         e, t = embeddings(learn, dl, ds_idx, layer)
         targs = _check_targets(i, t, targs)
-        embs.append(F.normalize(e, dim=1) if normalize else e)
-    return torch.cat(embs, 1), targs
+        embs.append(e)
+    return concat_embeddings(embs, weights), targs

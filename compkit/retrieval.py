@@ -10,7 +10,7 @@ from fastai.learner import Learner
 from .data import DeviceDataset
 
 # %% auto #0
-__all__ = ['map_at_k', 'topk_similar', 'rank_classes', 'concat_embeddings']
+__all__ = ['map_at_k', 'topk_similar', 'rank_classes']
 
 # %% ../nbs/62_retrieval.ipynb #3f8bcc24
 def map_at_k(ranked:torch.Tensor, # (N, >=k) predicted labels, best first
@@ -73,17 +73,6 @@ def rank_classes(queries:torch.Tensor, # (N, d) query embeddings
         best.scatter_reduce_(1, labels[j0:j0+s.shape[1]].expand_as(s), s, 'amax')
         if j0 + gallery_bs >= len(gallery): res.append(best.topk(k, 1))
     return torch.cat([r.values for r in res]), torch.cat([r.indices for r in res])
-
-# %% ../nbs/62_retrieval.ipynb #0caec8b4
-def concat_embeddings(embs:list, # embeddings of the same items from several models: tensors (N, d_i)
-                      weights:list|None=None, # each model's weight (default: equal)
-                     ) -> torch.Tensor:
-    "Meta-embeddings: each model's embeddings L2-normalised, scaled by the square root of its share of `weights`, concatenated"
-    if len({len(e) for e in embs}) != 1: raise ValueError(f"the embeddings cover different numbers of items: {[len(e) for e in embs]}; embed the same items, in the same order, with every model")
-    w = torch.as_tensor(ifnone(weights, [1.] * len(embs)), dtype=torch.float)
-    if len(w) != len(embs) or (w < 0).any() or w.sum() <= 0: raise ValueError(f"weights must be {len(embs)} non-negative numbers, not all 0; got {w.tolist()}")
-    w = (w / w.sum()).sqrt()
-    return torch.cat([F.normalize(e.float()) * wi for e, wi in zip(embs, w.tolist())], 1)
 
 # %% ../nbs/62_retrieval.ipynb #88d5c690
 def _plain_dl(dls, ds_idx):

@@ -18,7 +18,6 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner, load_model
 import fastai.callback.progress # progress bars on `Learner`, as `get_preds` shows them
-from .data import DeviceDataset
 
 # %% auto #0
 __all__ = ['TenCrop', 'ten_crop_views']
@@ -90,16 +89,6 @@ def ten_crop_views(x:torch.Tensor, # images (N, C, H, W) or (C, H, W)
     "The 10 crops of `x` torchvision's `ten_crop` returns, in its order, stacked: (10, N, C, h, w)"
     tc = TenCrop(x.shape[-2:], size, flip='vertical' if vertical_flip else 'horizontal')
     return torch.stack([tc.crop(x, i) for i in range(len(tc))])
-
-# %% ../nbs/50_tta.ipynb #f983001a
-@patch
-@contextmanager
-def set_split_idx(self:DeviceDataset, i:int): # 0: apply the training transforms, 1: the validation ones
-    "Temporarily give the dataset split `i`, as fastai's `Datasets.set_split_idx` does: what fastai's `Learner.tta` needs"
-    old = self.split_idx
-    self.split_idx = i
-    try: yield self
-    finally: self.split_idx = old
 
 # %% ../nbs/50_tta.ipynb #c4e52309
 def _reduce(v, mode):
@@ -242,14 +231,15 @@ def show_tta10(self:Learner,
                figsize:tuple=(6.5, 3.6),
                **kwargs, # passed to `tta10`: `size`, `scale`, `flip`, `merge`, `models`, ...
               ):
-    "Show the views `tta10` makes of item `idx`, each with the class its first output predicts, and the merged prediction"
+    "Show the views `tta10` makes of item `idx`, each with the class its first output predicts (averaged over `models`), and the merged prediction"
     dl = ifnone(dl, self.dls[ds_idx]).new(shuffle=False, drop_last=False)
     idxs = dl.get_idxs()[idx:idx + 1]
     one = dl.new(get_idxs=lambda: idxs)
     first = lambda o: o[0] if isinstance(o, tuple) else o # of several outputs (or targets), the first
-    p, t, v = map(first, self.tta10(dl=one, with_views=True, **kwargs))
     b = one.one_batch()
     tc = TenCrop(b[0].shape[-2:], kwargs.get('size'), kwargs.get('scale', 1.), kwargs.get('flip', 'horizontal'))
+    p, t, v = map(first, self.tta10(dl=one, with_views=True, **kwargs))
+    v = v.unflatten(0, (-1, len(tc))).mean(0) # with several `models`, their views come one model after the other
     views = one.decode((TensorImage(torch.cat([tc.crop(tc.rescale(b[0]), i) for i in range(len(tc))])),))[0]
     vocab = getattr(self.dls, 'vocab', None)
     name = lambda c: str(vocab[c]) if vocab is not None else str(c)

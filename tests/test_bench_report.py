@@ -22,6 +22,7 @@ def test_report_sections_plots_and_failures(tmp_path):
     b = tmp_path/'bench'; (b/'plots'/'fast').mkdir(parents=True)
     (b/'fast.py').write_text(FAST)
     (b/'broken.py').write_text('raise SystemExit("the peer is not installed")')
+    (b/'_helper.py').write_text('raise SystemExit("a helper the benchmarks import: never run")')
     (b/'plots'/'fast'/'stale.png').write_bytes(b'from an earlier run')
     r = report(tmp_path, '--args', '--sizes 32')
     assert r.returncode == 1 and 'failed: broken' in r.stdout, r.stdout + r.stderr
@@ -35,6 +36,7 @@ def test_report_sections_plots_and_failures(tmp_path):
     assert 'stale' not in md and not (b/'plots'/'fast'/'stale.png').exists()
     assert 'Failed (1)' in md and 'the peer is not installed' in md
     assert md.index('## broken') < md.index('## fast')                                           # file-name order
+    assert 'helper' not in md                                                                     # bench/_*.py are not benchmarks
 
 def test_named_benchmarks_only(tmp_path):
     (tmp_path/'bench').mkdir(); (tmp_path/'bench'/'fast.py').write_text(FAST); (tmp_path/'bench'/'broken.py').write_text('raise SystemExit(1)')

@@ -7,7 +7,8 @@ from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
 from compkit.metric import metric_learner, ArcFace
 import compkit.retrieval as R
-from compkit.retrieval import topk_similar, rank_classes, map_at_k, concat_embeddings
+from compkit.retrieval import topk_similar, rank_classes, map_at_k
+from compkit.ensemble import concat_embeddings
 
 def small_cnn(n_emb=32): return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
                                               nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_emb))

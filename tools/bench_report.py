@@ -41,7 +41,7 @@ def run(script, args, out_dir, report, timeout):
 
 def main(names=(), args='', out='BENCHMARKS.md', timeout=3600, bench='bench'):
     bench, out = ROOT/bench, ROOT/out
-    scripts = sorted(bench.glob('*.py'))
+    scripts = sorted(s for s in bench.glob('*.py') if not s.name.startswith('_')) # `_*.py`: helpers the benchmarks import
     if unknown := set(names) - {s.stem for s in scripts}: sys.exit(f'no benchmark {", ".join(sorted(unknown))} in {bench} (there are: {", ".join(s.stem for s in scripts)})')
     sections, failed = [], []
     for s in [s for s in scripts if not names or s.stem in names]:

@@ -149,6 +149,7 @@ def snapshot_report(self:Learner,
                     dl=None, # a loader with targets
                     weights=None, # one weight per snapshot (default: equal)
                     show_plot:bool=True, # plot each snapshot's last metric (its loss if there is none) beside the ensemble's
+                    figsize:tuple=(6, 3), # of the plot
                    ) -> pd.DataFrame:
     "A table of each snapshot's loss and metrics beside the ensemble's (probabilities averaged with `weights`), with a plot"
     preds, targs, records, dl = _each_snapshot(self, ds_idx, dl)
@@ -157,7 +158,7 @@ def snapshot_report(self:Learner,
     df = pd.DataFrame([list(map(float, r)) for r in records + [ens]], columns=cols, index=[f'snapshot {i}' for i in range(len(records))] + ['ensemble'])
     if show_plot:
         c = cols[-1]
-        _, ax = plt.subplots(figsize=(6, 3))
+        _, ax = plt.subplots(figsize=figsize)
         ax.plot(range(len(records)), df[c][:-1], 'o-', label='each snapshot')
         ax.axhline(df[c].iloc[-1], color='C1', ls='--', label='ensemble')
         ax.set_xlabel('snapshot (cycle)'); ax.set_ylabel(c); ax.set_xticks(range(len(records))); ax.legend()
