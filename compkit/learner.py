@@ -31,6 +31,7 @@ def timm_learner(dls, # `DataLoaders` (compkit's `DeviceDataLoaders` or fastai's
                  n_out:int|None=None, # outputs of the head (default: `dls.c`)
                  pretrained:bool=False, # load timm's pretrained weights (from the hub: not offline; see `weights`)
                  weights:str|Path|None=None, # a local file of pretrained weights for `arch` (a timm state dict)
+                 stats:tuple|None=None, # (mean, std) per channel on a 0-1 scale that the weights were trained with; default timm's config's
                  n_in:int|None=None, # input channels (default: the data's); a pretrained stem is adapted to it
                  metrics=accuracy, # fastai metrics
                  splitter=None, # default: fastai's body/head split for timm names, `head_splitter` for modules
@@ -44,12 +45,12 @@ def timm_learner(dls, # `DataLoaders` (compkit's `DeviceDataLoaders` or fastai's
         if not Path(weights).is_file(): raise ValueError(f"weights file {weights} does not exist")
         pretrained, kwargs['pretrained_cfg_overlay'] = True, dict(file=str(weights))
     learn = vision_learner(dls, arch, n_out=n_out, pretrained=pretrained, n_in=n_in, metrics=metrics, **({'splitter': splitter} if splitter else {}), **kwargs)
-    if pretrained: _use_stats(dls, learn.model[0].model.pretrained_cfg, n_in)
+    if pretrained: _use_stats(dls, stats or [learn.model[0].model.pretrained_cfg[k] for k in ('mean', 'std')], n_in)
     return learn
 
-def _use_stats(dls, cfg, n_in):
-    "Normalize `dls` with the stats the pretrained weights were trained with (averaged over channels for other `n_in`)"
-    mean, std = (torch.tensor(cfg[k]) for k in ('mean', 'std'))
+def _use_stats(dls, stats, n_in):
+    "Normalize `dls` with the (mean, std) the pretrained weights were trained with (averaged over channels for other `n_in`)"
+    mean, std = (torch.as_tensor(v, dtype=torch.float).flatten() for v in stats)
     if len(mean) != n_in: mean, std = mean.mean().repeat(n_in), std.mean().repeat(n_in)
     for dl in dls.loaders:
         for t in dl.after_batch.fs.filter(lambda t: isinstance(t, Normalize)):

@@ -44,6 +44,6 @@ def test_meta_embeddings_nearest_neighbour(pair):
         ev, yv = meta_embeddings(pair, layers=layers)
         single = [embeddings(l, layer=m)[0] for l, m in zip(pair, layers)]
     assert et.shape == (1437, 64 + 128) and ev.shape == (360, 64 + 128) and torch.equal(yt, pair[0].dls.train_ds.ys[0].cpu())
-    nn_acc = lambda e, et: float((yt[(e @ et.T).argmax(1)] == yv).float().mean()) # cosine 1-NN (rows are unit parts)
+    nn_acc = lambda e, et: float((yt[(e @ et.T).argmax(1)] == yv).float().mean()) # cosine 1-NN (rows are unit vectors)
     accs = [nn_acc(F.normalize(single[0], dim=1), et[:, :64]), nn_acc(F.normalize(single[1], dim=1), et[:, 64:]), nn_acc(ev, et)]
     assert accs[2] > 0.9 and accs[2] >= min(accs[:2]), accs  # 0.96, 0.975 and 0.983 here

@@ -49,7 +49,7 @@ def main(names=(), args='', out='BENCHMARKS.md', timeout=3600, bench='bench'):
         md, ok = run(s, shlex.split(args), bench/'plots'/s.stem, out, timeout)
         sections.append(md)
         if not ok: failed.append(s.stem)
-    head = ('# Benchmarks\n\nWritten by `make bench` (tools/bench_report.py), which runs every `bench/*.py` once on this machine. '
+    head = ('# Benchmarks\n\nWritten by `make bench` (tools/bench_report.py), which runs every benchmark in `bench/` once on this machine. '
             'Each benchmark measures compkit against its peers in the same run; ratios are in its tables.\n\n' + machine())
     with atomic_write(out) as tmp: Path(tmp).write_text('\n\n'.join([head, *sections]) + '\n')
     print(f'wrote {os.path.relpath(out, ROOT)}' + (f'; failed: {", ".join(failed)}' if failed else ''))
