@@ -87,7 +87,7 @@ with learn.no_bar():
     rows = [('1 crop (get_preds)', acc(preds)),
             (f'5 crops at scale {scale:.3f} (tta10 flip=None)', acc(learn.tta10(scale=scale, flip=None)[0])),
             (f'10 crops at scale {scale:.3f} (tta10, horizontal flips)', acc(learn.tta10(scale=scale)[0])),
-            ('5 crops of 26 px at scale 1 (tta10 size=26, flip=None)', acc(learn.tta10(size=26, flip=None)[0])),
+            ('5 crops of 26 px at scale 1 (tta10 size=26, flip=None)', acc(learn.tta10(size=26, scale=1, flip=None)[0])),
             (f'5 crops at scale {scale:.3f}, geometric mean', acc(learn.tta10(scale=scale, flip=None, merge="gmean")[0])),
             ('fastai Learner.tta (n=4, beta=0.25)', acc(learn.tta(n=4)[0]))]
 print(f"\n### Validation accuracy (digits, {len(targs)} images)\n")
