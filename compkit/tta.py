@@ -189,12 +189,14 @@ def _predicting_with(learn, m, i):
     finally: learn.model.load_state_dict(saved)
 
 # %% ../nbs/50_tta.ipynb #3dad5f36
+_SCALE = 8/7 # ImageNet's 10-crop protocol: resize 256, crop 224
+
 @patch
 def tta10(self:Learner,
           dl=None, # the `DataLoader` to predict on; default `self.dls[ds_idx]`
           ds_idx:int=1, # 0: train, 1: valid, when `dl` is None
           size:int|tuple|None=None, # crop size; None: the loader's image size (the size the model trained at)
-          scale:float=8/7, # resize the images by this factor before cropping; 8/7: ImageNet's 10-crop (resize 256, crop 224) at the training size
+          scale:float=_SCALE, # resize the images by this factor before cropping; 8/7: ImageNet's 10-crop (resize 256, crop 224) at the training size
           merge:str='mean', # how the views' activated predictions merge: 'mean', 'gmean' (geometric mean) or 'max'
           with_views:bool=False, # also return every view's predictions, (n_views, N, ...), boxes mapped back
           flip:str|None='horizontal', # the last five views flip 'horizontal'ly or 'vertical'ly; None: the five crops only
@@ -237,7 +239,7 @@ def show_tta10(self:Learner,
     one = dl.new(get_idxs=lambda: idxs)
     first = lambda o: o[0] if isinstance(o, tuple) else o # of several outputs (or targets), the first
     b = one.one_batch()
-    tc = TenCrop(b[0].shape[-2:], kwargs.get('size'), kwargs.get('scale', 8/7), kwargs.get('flip', 'horizontal'))
+    tc = TenCrop(b[0].shape[-2:], kwargs.get('size'), kwargs.get('scale', _SCALE), kwargs.get('flip', 'horizontal'))
     p, t, v = map(first, self.tta10(dl=one, with_views=True, **kwargs))
     v = v.unflatten(0, (-1, len(tc))).mean(0) # with several `models`, their views come one model after the other
     views = one.decode((TensorImage(torch.cat([tc.crop(tc.rescale(b[0]), i) for i in range(len(tc))])),))[0]
