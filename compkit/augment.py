@@ -9,6 +9,7 @@ import torch, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastai.torch_core import TensorImage
 from fastai.vision.core import TensorBBox
+import fastai.data.transforms as fdt
 from fastai.data.transforms import IntToFloatTensor
 from fastai.vision.augment import RandTransform
 
@@ -16,27 +17,41 @@ from fastai.vision.augment import RandTransform
 __all__ = ['RandomPadCrop', 'RandomFlip', 'RandomResizedCrop', 'RandomAffine', 'RandomLighting']
 
 # %% ../nbs/08_augment.ipynb #c9d98a55
-class _ItemRandTransform(RandTransform):
-    "A `RandTransform` whose random state is drawn per item, on the batch's device, by `draw(n, device)`; it moves the batch's boxes with the images"
-    min_visible = 0.5 # an item whose box would keep less than this fraction of its area inside the image is not transformed
+class _WholeBatch:
+    "Mixin for a fastai `Transform`: `image` maps each `TensorImage` of a batch as a plain tensor, other elements pass; fastai's per-element type dispatch costs more than these ops on small images"
     def __call__(self, b, split_idx=None, **kwargs):
-        "Draw, then `apply` to each element of the batch `b`: fastai's per-element type dispatch costs more than these ops on small images"
-        if split_idx != self.split_idx: return b # random transforms are for training batches only
+        if self.split_idx is not None and split_idx != self.split_idx: return b # random transforms run on training batches only
         self.before_call(b, split_idx)
         return type(b)(map(self.apply, b)) if isinstance(b, (tuple, list)) else self.apply(b)
+    def before_call(self, b, split_idx): pass
+    def apply(self, o): return _retyped(self.image(o.as_subclass(torch.Tensor)), o) if isinstance(o, TensorImage) else o
+
+class _ItemRandTransform(_WholeBatch, RandTransform):
+    "A `RandTransform` whose random `state` is drawn per item, on the batch's device, by `draw(n, device)`; it moves the batch's boxes with the images"
+    state = () # the attributes `draw` sets, one row per item
+    block = 1024 # items drawn at once, then handed out a batch at a time
+    min_visible = 0.5 # an item whose box would keep less than this fraction of its area inside the image is not transformed
     def apply(self, o):
         "The drawn transform applied to one element of a batch: images by `image`, boxes moved with them, anything else as is"
-        if isinstance(o, TensorImage): return _retyped(self.image(o.as_subclass(torch.Tensor)), o)
         if isinstance(o, TensorBBox): return _retyped(self.clip(self.move_boxes(_per_item(o))).view(o.shape), o)
-        return o
+        return super().apply(o)
     def before_call(self, b, split_idx):
         x = (b[0] if isinstance(b, (tuple, list)) else b).as_subclass(torch.Tensor) # fastai's tensor type costs per attribute read
         self.hw = tuple(x.shape[-2:])
-        self.draw(x.shape[0], x.device)
+        self.take(x.shape[0], x.device)
         for bb in (o for o in (b if isinstance(b, (tuple, list)) else ()) if isinstance(o, TensorBBox)):
             moved = self.move_boxes(_per_item(bb))
             lost = (_area(self.clip(moved)) < self.min_visible * _area(moved)).any(1)
             if lost.any(): self.skip(lost)
+    def take(self, n, device):
+        "Set `state` to that of the next `n` items of the block drawn last, drawing a new block when it runs out or the settings or device change"
+        key = (device, *(getattr(self, k) for k in self.__stored_args__))
+        if key != getattr(self, '_key', None) or self._next + n > self._size:
+            self._size = max(n, self.block)
+            self.draw(self._size, device)
+            self._key, self._next, self._block = key, 0, [getattr(self, k) for k in self.state]
+        for k, v in zip(self.state, self._block): setattr(self, k, v[self._next:self._next + n])
+        self._next += n
     def chosen(self, n, device): return torch.rand(n, device=device) < self.p
     def uniform(self, n, device, lo:tuple, hi:tuple, off:tuple):
         "(n, k) parameters: column j uniform in [lo[j], hi[j]] for the items chosen (with probability `p`), `off[j]` (no change) for the rest"
@@ -61,29 +76,30 @@ def _reflect(i, n): i = i.abs(); return torch.where(i > n - 1, 2 * (n - 1) - i, 
 class RandomPadCrop(_ItemRandTransform):
     "Shift each image by up to `pad` px, filling by reflection or zeros: pad-and-random-crop in one gather (no padded copy)"
     order = IntToFloatTensor.order - 1 # a gather: cheapest on uint8, before the float conversion
+    state = ('shift',)
     def __init__(self, pad:int=4, # largest shift in px (the pad of pad-and-crop)
                  mode:str='reflect', # 'reflect' or 'zeros'
                  p:float=1.):
         if mode not in ('reflect', 'zeros'): raise ValueError(f"mode must be 'reflect' or 'zeros', not {mode!r}")
         super().__init__(p=p); store_attr('pad,mode')
     def draw(self, n, device):
-        self.shift = torch.randint(-self.pad, self.pad + 1, (2, n), device=device) * self.chosen(n, device)
+        self.shift = torch.randint(-self.pad, self.pad + 1, (n, 2), device=device) * self.chosen(n, device)[:, None] # (dy, dx) of each item
     def image(self, x):
         n, c, h, w = x.shape
-        rows = torch.arange(h, device=x.device) + self.shift[0, :, None] # (n, h): source row of each output row
-        cols = torch.arange(w, device=x.device) + self.shift[1, :, None]
+        rows = torch.arange(h, device=x.device) + self.shift[:, :1] # (n, h): source row of each output row
+        cols = torch.arange(w, device=x.device) + self.shift[:, 1:]
         if self.mode == 'reflect': rows, cols = _reflect(rows, h), _reflect(cols, w)
         src = (rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]).view(n, 1, h * w)
         out = x.reshape(n, c, h * w).gather(2, src.expand(n, c, h * w)).view(n, c, h, w)
         if self.mode == 'zeros': out = out * (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])[:, None]
         return out
-    def move_boxes(self, b): dy, dx = self.shift.to(b.dtype); return b - torch.stack([dx, dy, dx, dy], -1)[:, None]
-    def skip(self, items): self.shift[:, items] = 0
+    def move_boxes(self, b): dy, dx = self.shift.T.to(b.dtype); return b - torch.stack([dx, dy, dx, dy], -1)[:, None]
+    def skip(self, items): self.shift[items] = 0
 
 # %% ../nbs/08_augment.ipynb #065a7ad6
 class RandomFlip(_ItemRandTransform):
     "Flip each image left-right (or up-down with `dim=-2`) with probability `p`, as one masked select"
-    order = IntToFloatTensor.order - 1
+    order, state = IntToFloatTensor.order - 1, ('flip',)
     def __init__(self, p:float=0.5, dim:int=-1): super().__init__(p=p); store_attr('dim')
     def draw(self, n, device): self.flip = self.chosen(n, device)
     def image(self, x): return torch.where(self.flip[:, None, None, None], x.flip(self.dim), x)
@@ -96,7 +112,7 @@ class RandomFlip(_ItemRandTransform):
 # %% ../nbs/08_augment.ipynb #f86cdfb5
 class _ItemAffineTransform(_ItemRandTransform):
     "An `_ItemRandTransform` resampling each image at its own affine grid `theta` (N, 2, 3: output to input, normalized coordinates)"
-    order = IntToFloatTensor.order + 1 # resamples: needs floats
+    order, state = IntToFloatTensor.order + 1, ('theta',) # resamples: needs floats
     def image(self, x): return _resample(x, self.theta)
     def move_boxes(self, b): return _affine_boxes(b, self.theta, self.hw)
     def skip(self, items): self.theta[items] = torch.eye(2, 3, device=self.theta.device)
@@ -107,10 +123,10 @@ def _resample(x, theta):
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
 
 def _affine_grid(theta, h, w):
-    "`F.affine_grid(theta, (n, c, h, w), align_corners=False)` as two broadcast multiply-adds: ATen's batched matmul is 3-9x slower on the CPU"
-    t = theta[..., None, None] # (n, 2, 3, 1, 1): each output coordinate is a x + b y + c
-    row = t[:, :, 0] * _centres(w, theta) + t[:, :, 2] # (n, 2, 1, w): adding c here, not to the (n, 2, h, w) sum, keeps the big add vectorized
-    return (row + t[:, :, 1] * _centres(h, theta)[:, None]).permute(0, 2, 3, 1)
+    "`F.affine_grid(theta, (n, c, h, w), align_corners=False)` as broadcast multiply-adds: ATen's batched matmul is 3-9x slower on the CPU"
+    a, b, c = theta[..., None, None].unbind(2) # (n, 2, 1, 1) each: the output pixel at (x, y) samples the input at a x + b y + c
+    rows = torch.addcmul(c, a, _centres(w, theta)) # (n, 2, 1, w): c added here, so that one plain add makes the (n, 2, h, w) grid
+    return (rows + b * _centres(h, theta)[:, None]).permute(0, 2, 3, 1)
 
 @functools.lru_cache(maxsize=16)
 def _centres_on(k, device, dtype): return (torch.arange(k, device=device, dtype=dtype) * 2 + 1) / k - 1
@@ -155,8 +171,8 @@ class RandomAffine(_ItemAffineTransform):
 
 # %% ../nbs/08_augment.ipynb #734e2d82
 class RandomLighting(_ItemRandTransform):
-    "Change each image's brightness and contrast by its own random amount, one fused multiply-add"
-    order = IntToFloatTensor.order + 2 # on [0, 1] floats, before `Normalize`
+    "Change each image's brightness and contrast by its own random amount, one multiply and one add"
+    order, state = IntToFloatTensor.order + 2, ('contrast', 'brightness', 'offset') # on [0, 1] floats, before `Normalize`
     def __init__(self, max_lighting:float=0.2, # brightness shift up to this, contrast factor within [1-m, 1/(1-m)]
                  p:float=0.75): # chance an image is changed (fastai's `p_lighting`)
         super().__init__(p=p); store_attr('max_lighting')
@@ -164,4 +180,14 @@ class RandomLighting(_ItemRandTransform):
         m, c = self.max_lighting, -math.log(1 - self.max_lighting)
         log_contrast, brightness = self.uniform(n, device, (-c, -m), (c, m), (0, 0)).view(n, 2, 1, 1, 1).unbind(1)
         self.contrast, self.brightness = log_contrast.exp(), brightness # log-uniform contrast, as fastai's
-    def image(self, x): return torch.addcmul(0.5 + self.brightness - 0.5 * self.contrast, x, self.contrast).clamp_(0, 1) # contrast about mid-grey
+        self.offset = 0.5 + brightness - 0.5 * self.contrast # contrast about mid-grey
+    def image(self, x): return x.mul(self.contrast).add_(self.offset).clamp_(0, 1) # `addcmul` is 3x slower
+
+# %% ../nbs/08_augment.ipynb #be197c0f
+class IntToFloatTensor(_WholeBatch, fdt.IntToFloatTensor):
+    "fastai's `IntToFloatTensor` for the images of a batch, without per-element type dispatch"
+    def image(self, x): return x.float().div_(self.div)
+
+class Normalize(_WholeBatch, fdt.Normalize):
+    "fastai's `Normalize` for the images of a batch, without per-element type dispatch"
+    def image(self, x): return x.sub(self.mean).div_(self.std)

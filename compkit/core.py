@@ -28,7 +28,8 @@ def get_device(device:str|torch.device|None=None, # an explicit choice wins
               ) -> torch.device:
     "The training device: `device` if given, else `$COMPKIT_DEVICE`, else cuda when present (this process's GPU, `$LOCAL_RANK`, under torchrun), else cpu"
     cuda = f"cuda:{os.environ['LOCAL_RANK']}" if 'LOCAL_RANK' in os.environ else 'cuda' # launchers give each process its GPU's index
-    return torch.device(device or os.environ.get('COMPKIT_DEVICE') or (cuda if torch.cuda.is_available() else 'cpu'))
+    d = torch.device(device or os.environ.get('COMPKIT_DEVICE') or (cuda if torch.cuda.is_available() else 'cpu'))
+    return torch.device('cuda', torch.cuda.current_device()) if d.type == 'cuda' and d.index is None else d # with its index, as tensors moved there report it
 
 # %% ../nbs/00_core.ipynb #37e8fbe6
 def device_generator(device:str|torch.device, # where the generator draws

@@ -15,11 +15,12 @@ from fastai.data.core import TfmdDL, DataLoaders
 from fastai.callback.core import Callback
 from fastai.distributed import DistributedTrainer, DistributedDL
 from fastai.losses import CrossEntropyLossFlat, BCEWithLogitsLossFlat
-from fastai.data.transforms import IntToFloatTensor, Normalize, Category, MultiCategory, CategoryMap, get_image_files
+from fastai.data.transforms import Category, MultiCategory, CategoryMap, get_image_files
 import fastai.vision.data # registers `show_batch` and `show_results` for `TensorImage` batches
 from .core import get_device, device_generator, rank_world, from_rank0
 from .ingest import fit_image, check_image, class_labels, load_images, images_from_arrays
 from .datasets import TensorSet
+from .augment import IntToFloatTensor, Normalize # fastai's, without per-element type dispatch
 
 # %% auto #0
 __all__ = ['DeviceDataset', 'DeviceDL', 'UnwrapDeviceDL', 'image_stats', 'WeightedSampler', 'class_balance_weights', 'split_idxs',
@@ -42,7 +43,7 @@ class DeviceDataset:
     def __getitem__(self, idx): return self.items(idx)
     def items(self, idx):
         "The images and targets at `idx` (an int or an index tensor on `x`'s device): a whole batch in one gather each"
-        return (TensorImage(_rows(self.x, idx)), *(_gather(y, idx) for y in self.ys))
+        return (_rows(self.x, idx).as_subclass(TensorImage), *(_gather(y, idx) for y in self.ys))
     @property
     def vocab(self): return self.vocabs[0] if self.vocabs else None
     @property
@@ -121,7 +122,8 @@ class DeviceDL(TfmdDL):
             idxs = torch.cat([idxs, idxs[torch.arange(world - len(idxs) % world) % len(idxs)]])
         spans = _rank_spans(len(idxs), self.bs, self.drop_last, rank, world)
         batches = (self.dataset.items(idxs[lo:hi]) for _, lo, hi in spans)
-        for (self._start, _, _), b in zip(spans, _prefetch(batches, self.device)): yield self.after_batch(b)
+        if self.device is not None and self.dataset.x.device != self.device: batches = _prefetch(batches, self.device) # images kept on the host
+        for (self._start, _, _), b in zip(spans, batches): yield self.after_batch(b)
         self.after_iter()
 
     def __len__(self):
@@ -156,12 +158,11 @@ def _rank_spans(n, bs, drop_last, rank, world):
     return [(s, s + rank * k, s + (rank + 1) * k) for s in starts for k in [min(step, n - s) // world]]
 
 def _prefetch(batches, device):
-    "Batches on `device`: those already there pass through; host batches are pinned and copied one batch ahead, `non_blocking`"
+    "Host `batches` on `device`, each pinned and copied one batch ahead, `non_blocking`"
     ahead = None
     for b in batches:
-        if device is not None and b[0].device != device:
-            if device.type == 'cuda': b = tuple(t.pin_memory() for t in b)
-            b = to_device(b, device, non_blocking=True) # starts the copy; the batch before is in use meanwhile
+        if device.type == 'cuda': b = tuple(t.pin_memory() for t in b)
+        b = to_device(b, device, non_blocking=True) # starts the copy; the batch before is in use meanwhile
         if ahead is not None: yield ahead
         ahead = b
     if ahead is not None: yield ahead

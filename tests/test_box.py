@@ -133,7 +133,7 @@ def test_flip_twice_is_identity_and_pad_crop_moves_by_the_shift():
     t = RandomPadCrop(5, 'zeros')
     t.min_visible = 0. # no item skipped: every box moves by exactly its shift, clipped to the image
     _, b3 = t((x, b), split_idx=0)
-    dy, dx = t.shift.float()
+    dy, dx = t.shift.T.float()
     assert torch.equal(b3, (b - torch.stack([dx, dy, dx, dy], 1)).clamp(0, 32))
 
 @pytest.mark.parametrize('pred', [[5., 5., 5., 20.], [20., 5., 4., 20.], [60., 60., 70., 70.], [20., 30., 4., 2.], [6e4, -6e4, -6e4, 6e4]])

