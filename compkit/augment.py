@@ -183,7 +183,7 @@ class RandomLighting(_ItemRandTransform):
         self.offset = 0.5 + brightness - 0.5 * self.contrast # contrast about mid-grey
     def image(self, x): return x.mul(self.contrast).add_(self.offset).clamp_(0, 1) # `addcmul` is 3x slower
 
-# %% ../nbs/08_augment.ipynb #be197c0f
+# %% ../nbs/08_augment.ipynb #922dbed1
 class IntToFloatTensor(_WholeBatch, fdt.IntToFloatTensor):
     "fastai's `IntToFloatTensor` for the images of a batch, without per-element type dispatch"
     def image(self, x): return x.float().div_(self.div)
