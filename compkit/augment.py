@@ -8,17 +8,17 @@ import functools, math
 import torch, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastai.torch_core import TensorImage
-from fastai.vision.core import TensorBBox
+from fastai.vision.core import TensorBBox, TensorMask
 import fastai.data.transforms as fdt
-from fastai.data.transforms import IntToFloatTensor
 from fastai.vision.augment import RandTransform
+from . import core
 
 # %% auto #0
 __all__ = ['RandomPadCrop', 'RandomFlip', 'RandomResizedCrop', 'RandomAffine', 'RandomLighting']
 
 # %% ../nbs/08_augment.ipynb #c9d98a55
 class _WholeBatch:
-    "Mixin for a fastai `Transform`: `image` maps each `TensorImage` of a batch as a plain tensor, other elements pass; fastai's per-element type dispatch costs more than these ops on small images"
+    "Mixin for a fastai `Transform`: `image` maps each `TensorImage` of a flat tuple batch (as `DeviceDL` gives) as a plain tensor, other elements pass; fastai's per-element type dispatch costs more than these ops on small images"
     def __call__(self, b, split_idx=None, **kwargs):
         if self.split_idx is not None and split_idx != self.split_idx: return b # random transforms run on training batches only
         self.before_call(b, split_idx)
@@ -29,7 +29,8 @@ class _WholeBatch:
 class _ItemRandTransform(_WholeBatch, RandTransform):
     "A `RandTransform` whose random `state` is drawn per item, on the batch's device, by `draw(n, device)`; it moves the batch's boxes with the images"
     state = () # the attributes `draw` sets, one row per item
-    block = 1024 # items drawn at once, then handed out a batch at a time
+    block = 1024 # items drawn at once, then handed out a batch at a time: a draw's ~20 small ops, once per 16 batches of 64
+    _key, _next, _size = None, 0, 0 # the settings and device the block was drawn for, the next item to hand out, its size
     min_visible = 0.5 # an item whose box would keep less than this fraction of its area inside the image is not transformed
     def apply(self, o):
         "The drawn transform applied to one element of a batch: images by `image`, boxes moved with them, anything else as is"
@@ -44,14 +45,16 @@ class _ItemRandTransform(_WholeBatch, RandTransform):
             lost = (_area(self.clip(moved)) < self.min_visible * _area(moved)).any(1)
             if lost.any(): self.skip(lost)
     def take(self, n, device):
-        "Set `state` to that of the next `n` items of the block drawn last, drawing a new block when it runs out or the settings or device change"
-        key = (device, *(getattr(self, k) for k in self.__stored_args__))
+        "Set `state` to that of the next `n` items of the block drawn last, drawing a new block when it runs out, the settings or device change, or `seed_everything` runs"
+        key = (device, core._seedings, *(getattr(self, k) for k in self.__stored_args__)) # `seed_everything` also starts a new block
         if key != getattr(self, '_key', None) or self._next + n > self._size:
             self._size = max(n, self.block)
             self.draw(self._size, device)
             self._key, self._next, self._block = key, 0, [getattr(self, k) for k in self.state]
         for k, v in zip(self.state, self._block): setattr(self, k, v[self._next:self._next + n])
         self._next += n
+    def __getstate__(self): # a pickled or copied transform draws afresh
+        return {k: v for k, v in self.__dict__.items() if k not in ('_key', '_block', '_next', '_size')}
     def chosen(self, n, device): return torch.rand(n, device=device) < self.p
     def uniform(self, n, device, lo:tuple, hi:tuple, off:tuple):
         "(n, k) parameters: column j uniform in [lo[j], hi[j]] for the items chosen (with probability `p`), `off[j]` (no change) for the rest"
@@ -75,7 +78,7 @@ def _reflect(i, n): i = i.abs(); return torch.where(i > n - 1, 2 * (n - 1) - i, 
 
 class RandomPadCrop(_ItemRandTransform):
     "Shift each image by up to `pad` px, filling by reflection or zeros: pad-and-random-crop in one gather (no padded copy)"
-    order = IntToFloatTensor.order - 1 # a gather: cheapest on uint8, before the float conversion
+    order = fdt.IntToFloatTensor.order - 1 # a gather: cheapest on uint8, before the float conversion
     state = ('shift',)
     def __init__(self, pad:int=4, # largest shift in px (the pad of pad-and-crop)
                  mode:str='reflect', # 'reflect' or 'zeros'
@@ -99,7 +102,7 @@ class RandomPadCrop(_ItemRandTransform):
 # %% ../nbs/08_augment.ipynb #065a7ad6
 class RandomFlip(_ItemRandTransform):
     "Flip each image left-right (or up-down with `dim=-2`) with probability `p`, as one masked select"
-    order, state = IntToFloatTensor.order - 1, ('flip',)
+    order, state = fdt.IntToFloatTensor.order - 1, ('flip',)
     def __init__(self, p:float=0.5, dim:int=-1): super().__init__(p=p); store_attr('dim')
     def draw(self, n, device): self.flip = self.chosen(n, device)
     def image(self, x): return torch.where(self.flip[:, None, None, None], x.flip(self.dim), x)
@@ -112,7 +115,7 @@ class RandomFlip(_ItemRandTransform):
 # %% ../nbs/08_augment.ipynb #f86cdfb5
 class _ItemAffineTransform(_ItemRandTransform):
     "An `_ItemRandTransform` resampling each image at its own affine grid `theta` (N, 2, 3: output to input, normalized coordinates)"
-    order, state = IntToFloatTensor.order + 1, ('theta',) # resamples: needs floats
+    order, state = fdt.IntToFloatTensor.order + 1, ('theta',) # resamples: needs floats
     def image(self, x): return _resample(x, self.theta)
     def move_boxes(self, b): return _affine_boxes(b, self.theta, self.hw)
     def skip(self, items): self.theta[items] = torch.eye(2, 3, device=self.theta.device)
@@ -172,7 +175,7 @@ class RandomAffine(_ItemAffineTransform):
 # %% ../nbs/08_augment.ipynb #734e2d82
 class RandomLighting(_ItemRandTransform):
     "Change each image's brightness and contrast by its own random amount, one multiply and one add"
-    order, state = IntToFloatTensor.order + 2, ('contrast', 'brightness', 'offset') # on [0, 1] floats, before `Normalize`
+    order, state = fdt.IntToFloatTensor.order + 2, ('contrast', 'brightness', 'offset') # on [0, 1] floats, before `Normalize`
     def __init__(self, max_lighting:float=0.2, # brightness shift up to this, contrast factor within [1-m, 1/(1-m)]
                  p:float=0.75): # chance an image is changed (fastai's `p_lighting`)
         super().__init__(p=p); store_attr('max_lighting')
@@ -181,12 +184,13 @@ class RandomLighting(_ItemRandTransform):
         log_contrast, brightness = self.uniform(n, device, (-c, -m), (c, m), (0, 0)).view(n, 2, 1, 1, 1).unbind(1)
         self.contrast, self.brightness = log_contrast.exp(), brightness # log-uniform contrast, as fastai's
         self.offset = 0.5 + brightness - 0.5 * self.contrast # contrast about mid-grey
-    def image(self, x): return x.mul(self.contrast).add_(self.offset).clamp_(0, 1) # `addcmul` is 3x slower
+    def image(self, x): return x.mul(self.contrast).add_(self.offset).clamp_(0, 1) # `addcmul` with a per-item factor is 3x slower on a 64 px batch
 
 # %% ../nbs/08_augment.ipynb #922dbed1
 class IntToFloatTensor(_WholeBatch, fdt.IntToFloatTensor):
-    "fastai's `IntToFloatTensor` for the images of a batch, without per-element type dispatch"
+    "fastai's `IntToFloatTensor` for the images of a batch, without per-element type dispatch (masks as fastai converts them)"
     def image(self, x): return x.float().div_(self.div)
+    def apply(self, o): return fdt.IntToFloatTensor.__call__(self, o) if isinstance(o, TensorMask) else super().apply(o)
 
 class Normalize(_WholeBatch, fdt.Normalize):
     "fastai's `Normalize` for the images of a batch, without per-element type dispatch"

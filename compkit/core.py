@@ -14,10 +14,13 @@ from fastai.torch_core import set_seed
 __all__ = ['seed_everything', 'get_device', 'device_generator', 'atomic_write', 'rank_world', 'from_rank0', 'barrier']
 
 # %% ../nbs/00_core.ipynb #98946f64
+_seedings = 0 # how many times `seed_everything` has run
+
 def seed_everything(seed:int, # seeds python's `random`, numpy, torch and every cuda device
                     deterministic:bool=False, # also ask torch for deterministic kernels (slower)
                    ):
     "Seed every random number generator a fastai training run touches with `seed`; `deterministic` forbids non-deterministic kernels"
+    global _seedings; _seedings += 1 # random state drawn ahead (augment's blocks) is dropped: the seed decides what follows
     set_seed(seed, reproducible=deterministic) # fastai's: random, numpy, torch, cuda and the cudnn flags
     # cuBLAS needs a fixed workspace to be deterministic (https://docs.nvidia.com/cuda/cublas/#results-reproducibility)
     if deterministic: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
@@ -26,7 +29,7 @@ def seed_everything(seed:int, # seeds python's `random`, numpy, torch and every 
 # %% ../nbs/00_core.ipynb #e061cfef
 def get_device(device:str|torch.device|None=None, # an explicit choice wins
               ) -> torch.device:
-    "The training device: `device` if given, else `$COMPKIT_DEVICE`, else cuda when present (this process's GPU, `$LOCAL_RANK`, under torchrun), else cpu"
+    "The training device, cuda with its index: `device` if given, else `$COMPKIT_DEVICE`, else cuda when present (this process's GPU, `$LOCAL_RANK`, under torchrun), else cpu"
     cuda = f"cuda:{os.environ['LOCAL_RANK']}" if 'LOCAL_RANK' in os.environ else 'cuda' # launchers give each process its GPU's index
     d = torch.device(device or os.environ.get('COMPKIT_DEVICE') or (cuda if torch.cuda.is_available() else 'cpu'))
     return torch.device('cuda', torch.cuda.current_device()) if d.type == 'cuda' and d.index is None else d # with its index, as tensors moved there report it

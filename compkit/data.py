@@ -122,7 +122,7 @@ class DeviceDL(TfmdDL):
             idxs = torch.cat([idxs, idxs[torch.arange(world - len(idxs) % world) % len(idxs)]])
         spans = _rank_spans(len(idxs), self.bs, self.drop_last, rank, world)
         batches = (self.dataset.items(idxs[lo:hi]) for _, lo, hi in spans)
-        if self.device is not None and self.dataset.x.device != self.device: batches = _prefetch(batches, self.device) # images kept on the host
+        if _kept_on_host(self.dataset.x, self.device): batches = _prefetch(batches, self.device)
         for (self._start, _, _), b in zip(spans, batches): yield self.after_batch(b)
         self.after_iter()
 
@@ -144,7 +144,7 @@ class DeviceDL(TfmdDL):
         "Put the batches, the data (images stay on the host if they were kept there) and the transforms' tensors on `device`"
         self.device, self._gen = torch.device(device), None
         ds = self.dataset
-        ds.to(device, keep_x_on_host=ds.x.device.type == 'cpu' and self.device.type != 'cpu')
+        ds.to(device, keep_x_on_host=_kept_on_host(ds.x, self.device))
         for t in self.after_batch.fs:
             for a in L(getattr(t, 'parameters', None)): setattr(t, a, getattr(t, a).to(device))
         return self
@@ -157,9 +157,13 @@ def _rank_spans(n, bs, drop_last, rank, world):
     starts = range(0, n - step + 1 if drop_last else n, step)
     return [(s, s + rank * k, s + (rank + 1) * k) for s in starts for k in [min(step, n - s) // world]]
 
+def _kept_on_host(x, device):
+    "Whether images `x` are held on the host for training on another `device` (a GPU), to be copied over a batch at a time"
+    return device is not None and x.device.type == 'cpu' and torch.device(device).type != 'cpu'
+
 def _prefetch(batches, device):
     "Host `batches` on `device`, each pinned and copied one batch ahead, `non_blocking`"
-    ahead = None
+    ahead, device = None, torch.device(device)
     for b in batches:
         if device.type == 'cuda': b = tuple(t.pin_memory() for t in b)
         b = to_device(b, device, non_blocking=True) # starts the copy; the batch before is in use meanwhile
@@ -318,7 +322,7 @@ class DeviceDataLoaders(DataLoaders):
         x = load_images(items, size, ds.method, channels) if len(items) and all(map(is_file, items)) else images_from_arrays(items, size, ds.method)
         if x.shape[1] != channels: raise ValueError(f"the new images have {x.shape[1]} channel(s) but the model was trained on {channels}")
         ys = () if labels is None else (TensorCategory(class_labels(labels, ds.vocab)[0]),)
-        new_ds = ds.new(x, ys, split_idx=1).to(self.device, keep_x_on_host=ds.x.device != self.device)
+        new_ds = ds.new(x, ys, split_idx=1).to(self.device, keep_x_on_host=_kept_on_host(ds.x, self.device))
         return self.valid.new(new_ds, **{'shuffle': False, 'drop_last': False, **kwargs})
 
     def class_weights(self):

@@ -67,6 +67,14 @@ def test_shuffles_are_reproducible_under_a_seed():
     seed_everything(5); e = batches(dls_(seed=None).train)
     assert all(torch.equal(x, y) for x, y in zip(d, e))
 
+def test_augmentations_repeat_under_a_seed():
+    "Random transforms hand out draws made a block at a time; `seed_everything` starts a new block, so a seeded pass repeats"
+    dl = dls_(batch_tfms=[RandomPadCrop(2), RandomResizedCrop()]).train.new(shuffle=False)
+    seed_everything(7); a = torch.cat([xb for xb, _ in dl])
+    seed_everything(7); b = torch.cat([xb for xb, _ in dl])
+    c = torch.cat([xb for xb, _ in dl])
+    assert torch.equal(a, b) and not torch.equal(b, c)
+
 def test_valid_set_is_neither_shuffled_nor_augmented():
     dls = dls_(batch_tfms=[RandomPadCrop(4), RandomResizedCrop(), *aug_transforms(max_rotate=30.)])
     mean, std = image_stats(dls.train_ds.x.cpu())
