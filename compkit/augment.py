@@ -47,7 +47,7 @@ class _ItemRandTransform(_WholeBatch, RandTransform):
     def take(self, n, device):
         "Set `state` to that of the next `n` items of the block drawn last, drawing a new block when it runs out, the settings or device change, or `seed_everything` runs"
         key = (device, core._seedings, *(getattr(self, k) for k in self.__stored_args__)) # `seed_everything` also starts a new block
-        if key != getattr(self, '_key', None) or self._next + n > self._size:
+        if key != self._key or self._next + n > self._size:
             self._size = max(n, self.block)
             self.draw(self._size, device)
             self._key, self._next, self._block = key, 0, [getattr(self, k) for k in self.state]
