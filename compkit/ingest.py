@@ -5,7 +5,9 @@
 # %% ../nbs/05_ingest.ipynb #ef8a03c4
 from __future__ import annotations
 from pathlib import Path
-import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+import hashlib, json, math, os, time
 import numpy as np, torch
 from PIL import Image
 import torchvision.transforms.v2.functional as TF
@@ -25,13 +27,23 @@ def fit_image(img:torch.Tensor, # uint8 image(s), shape (..., C, H, W)
               pad_value:int=0, # fill for letterbox padding
              ) -> torch.Tensor:
     "Fit uint8 images `img` to `size` by `method`: letterbox (keep the aspect ratio and pad), squash, or centre crop"
-    if method not in FIT_METHODS: raise ValueError(f"method must be one of {FIT_METHODS}, not {method!r}")
     (th, tw), (h, w) = (tuplify(size)*2)[:2], img.shape[-2:]
-    if (h, w) == (th, tw): return img
-    if method == 'squash': return TF.resize(img, [th, tw], antialias=True)
+    if (h, w) == (th, tw) and method in FIT_METHODS: return img
+    return _place(img, _fit_hw(h, w, (th, tw), method), (th, tw), method, pad_value)
+
+def _fit_hw(h, w, size, method):
+    "The (height, width) `fit_image` resizes an `h` x `w` image to, before it pads or crops to `size`"
+    if method not in FIT_METHODS: raise ValueError(f"method must be one of {FIT_METHODS}, not {method!r}")
+    th, tw = size
+    if method == 'squash': return th, tw
     scale = (min if method == 'letterbox' else max)(th/h, tw/w)
-    nh, nw = max(1, round(h*scale)), max(1, round(w*scale))
-    img = TF.resize(img, [nh, nw], antialias=True)
+    return max(1, round(h*scale)), max(1, round(w*scale))
+
+def _place(img, hw, size, method, pad_value=0):
+    "Resize `img` to `hw` (antialiased, as torchvision), then centre-crop (crop) or pad (letterbox) it to `size`"
+    (nh, nw), (th, tw) = hw, size
+    if tuple(img.shape[-2:]) != (nh, nw): img = TF.resize(img, [nh, nw], antialias=True)
+    if method == 'squash': return img
     if method == 'crop': return TF.center_crop(img, [th, tw])
     top, left = (th-nh)//2, (tw-nw)//2
     return TF.pad(img, [left, top, tw-nw-left, th-nh-top], fill=pad_value)
@@ -41,33 +53,125 @@ def read_image(path:str|Path, # image file (any format PIL reads)
                channels:int|None=None, # 1 (grayscale) or 3 (RGB) converts; None keeps the file's own
               ) -> torch.Tensor:
     "Read the image at `path` as a uint8 tensor (C, H, W); a corrupt, empty or unreadable file raises naming it"
+    return _read(path, channels)[0].contiguous()
+
+def _read(path, channels, size=None, method='letterbox', draft=False):
+    """(image, its size in the file): the image at `path` as uint8 (C, H, W), channels last in memory (torch resizes
+    that layout 3x faster, with the same result); with `draft`, a JPEG decoded at the smallest 1/2, 1/4 or 1/8 scale
+    still at least twice the size `fit_image` resizes it to"""
     if channels not in (None, 1, 3): raise ValueError(f"channels must be None, 1 or 3, not {channels}")
     try:
         with Image.open(path) as im:
-            mode = {1: 'L', 3: 'RGB'}.get(channels) or ('L' if im.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F') else 'RGB')
-            arr = np.asarray(im.convert(mode)) # convert decodes the whole file: a truncated one fails here
-    except Exception as e: raise ValueError(f"image {path} could not be read ({type(e).__name__}: {e}); remove it or replace the file") from e
+            hw = im.height, im.width
+            gray = im.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F')
+            mode = {1: 'L', 3: 'RGB'}.get(channels) or ('L' if gray else 'RGB')
+            # a last resize of 2x or more keeps the result within a grey level of the full decode's (tested)
+            if draft and size is not None and min(hw):
+                im.draft(None, tuple(2*s for s in _fit_hw(*hw, size, method))[::-1])
+            arr = np.array(im.convert(mode)) # convert decodes the whole file: a truncated one fails here
+    except Exception as e:
+        msg = f"image {path} could not be read ({type(e).__name__}: {e}); remove it or replace the file"
+        raise ValueError(msg) from e
     if arr.size == 0: raise ValueError(f"image {path} is empty (0 pixels)")
-    return torch.from_numpy(arr.copy()).reshape(*arr.shape[:2], -1).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).reshape(*arr.shape[:2], -1).permute(2, 0, 1), hw
 
 # %% ../nbs/05_ingest.ipynb #35520bc5
 def load_images(paths:list, # image files
                 size:int|tuple, # every image is fitted to this size
                 method:str='letterbox', # see `fit_image`
                 channels:int|None=None, # None: all files must have the same channel count; 1 or 3 converts
+                cache:bool=True, # keep the fitted set on disk and load it from there while the files are unchanged
+                cache_dir:str|Path|None=None, # where; default $COMPKIT_CACHE or ~/.cache/compkit/images
+                draft:bool=True, # decode JPEGs at a reduced scale; False: exactly `fit_image` of the full decode
+                n_workers:int|None=None, # decoding threads; default one per core
                ) -> torch.Tensor:
-    "Read `paths` and fit each image to `size`: one uint8 tensor (N, C, H, W), with a progress bar"
-    paths = list(paths)
+    "Read `paths` in parallel and fit each image to `size`: one uint8 tensor (N, C, H, W), cached on disk"
+    paths, size = [Path(p) for p in paths], (tuplify(size)*2)[:2]
     if not paths: raise ValueError("no images to load: the list of files is empty")
-    out = None
-    for i, p in enumerate(progress_bar(paths, leave=False)):
-        img = fit_image(read_image(p, channels), size, method)
-        if out is None: out = torch.empty(len(paths), *img.shape, dtype=torch.uint8)
-        elif img.shape[0] != out.shape[1]:
-            raise ValueError(f"image {p} has {img.shape[0]} channel(s) but {paths[0]} has {out.shape[1]}; "
+    if method not in FIT_METHODS: raise ValueError(f"method must be one of {FIT_METHODS}, not {method!r}")
+    def read(i):
+        img, hw = _read(paths[i], channels, size, method, draft)
+        return _place(img, _fit_hw(*hw, size, method), size, method)
+    if not cache:
+        first = read(0) # its channels shape the output
+        out = torch.empty(len(paths), *first.shape, dtype=torch.uint8)
+        def put(i, img): out[i] = img
+        _decode_all(paths, read, put, first, n_workers)
+        return out
+    files = _file_stats(paths)
+    # as JSON reads it back, to compare with older caches' settings
+    params = dict(size=list(size), method=method, channels=channels, draft=draft, version=_CACHE_VERSION)
+    folder = Path(cache_dir or os.environ.get('COMPKIT_CACHE') or Path.home()/'.cache'/'compkit'/'images')
+    key = hashlib.sha1(json.dumps([params, files]).encode()).hexdigest()[:20]
+    fn = folder/f'{key}.npy'
+    if fn.exists(): return torch.from_numpy(np.load(fn, mmap_mode='c'))
+    folder.mkdir(parents=True, exist_ok=True)
+    first = read(0)
+    partial = folder/f'{key}.{os.getpid()}.partial'
+    shape = (len(paths), *first.shape)
+    np.lib.format.open_memmap(partial, mode='w+', dtype=np.uint8, shape=shape).flush() # header and length; rows follow
+    offset, row = partial.stat().st_size - math.prod(shape), math.prod(shape[1:])
+    fd = os.open(partial, os.O_RDWR)
+    try:
+        # rows are written to the file, not kept in memory: a set larger than RAM needs about one image per thread
+        def put(i, img): os.pwrite(fd, img.numpy().tobytes(), offset + i * row)
+        reused = _reuse_rows(folder, params, files, shape, put)
+        _decode_all(paths, read, put, first, n_workers, skip=reused)
+        os.fsync(fd)
+    except BaseException: os.close(fd); partial.unlink(missing_ok=True); raise
+    os.close(fd)
+    (folder/f'{key}.json').write_text(json.dumps(dict(params=params, files=files)))
+    os.replace(partial, fn) # atomic: another process sees the whole cache or none
+    return torch.from_numpy(np.load(fn, mmap_mode='c'))
+
+# %% ../nbs/05_ingest.ipynb #bb6baa16
+_CACHE_VERSION = 1 # bump when the decoding or fitting changes what a cached set holds
+
+def _file_stats(paths):
+    "[path, bytes, mtime in ns] of each file: the cache key; a missing file raises naming it"
+    res = []
+    for p in paths:
+        try: st = p.stat()
+        except OSError as e: raise ValueError(f"image {p} could not be read ({type(e).__name__}: {e})") from e
+        res.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    return res
+
+def _decode_all(paths, read, put, first, n_workers=None, skip=()):
+    "`put(i, read(i))` for every image but those in `skip`, on a thread pool (PIL and torch release the GIL)"
+    todo = [i for i in range(1, len(paths)) if i not in skip]
+    put(0, first)
+    def work(i):
+        img = read(i)
+        if img.shape != first.shape:
+            raise ValueError(f"image {paths[i]} has {img.shape[0]} channel(s) but {paths[0]} has {first.shape[0]}; "
                              "pass channels=1 or channels=3 to convert them all")
-        out[i] = img
-    return out
+        put(i, img)
+    n_workers = n_workers or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
+    pb, t0 = progress_bar(range(len(todo)), leave=False), time.perf_counter()
+    with ThreadPoolExecutor(n_workers) as ex:
+        pending, it = deque(), iter(todo)
+        for k in pb:
+            while len(pending) < 4 * n_workers and (i := next(it, None)) is not None:
+                pending.append(ex.submit(work, i))
+            # a failure raises here, naming the file; the pool's exit waits for those in flight
+            pending.popleft().result()
+            if k % 64 == 63: pb.comment = f'{(k + 1) / (time.perf_counter() - t0):,.0f} images/s'
+
+def _reuse_rows(folder, params, files, shape, put):
+    "Copy into the new cache the rows of files an older cache with the same `params` holds unchanged: their indices"
+    best, rows = None, {}
+    for meta in sorted(folder.glob('*.json'), key=lambda f: f.stat().st_mtime, reverse=True):
+        try: m = json.loads(meta.read_text())
+        except (OSError, ValueError): continue
+        if m.get('params') != params or not meta.with_suffix('.npy').exists(): continue
+        old = {tuple(f): j for j, f in enumerate(m['files'])}
+        hits = {i: old[tuple(f)] for i, f in enumerate(files) if tuple(f) in old}
+        if len(hits) > len(rows): best, rows = meta.with_suffix('.npy'), hits
+    if not rows: return set()
+    src = np.load(best, mmap_mode='r')
+    if src.shape[1:] != shape[1:]: return set()
+    for i, j in rows.items(): put(i, torch.from_numpy(np.array(src[j])))
+    return set(rows)
 
 # %% ../nbs/05_ingest.ipynb #3a3f6c4c
 def check_image(x:torch.Tensor, # uint8 image (C,H,W) or images (N,C,H,W)
