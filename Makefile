@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test sync export docs bench
+.PHONY: demo test test-cuda sync export docs bench
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ sync: export
 test: sync
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 # two notebooks at once on two cores: one thread each
 	$(BIN)/python -m pytest
+
+# the same on a GPU: every notebook and test with COMPKIT_DEVICE=cuda, the GPU-only tests too; fails where CUDA is missing
+test-cuda: sync
+	PYTHON=$(BIN)/python tools/test_cuda.sh
 
 # the docs site in _docs/ from the notebooks' stored outputs (nothing is re-run, nothing downloaded): open _docs/index.html
 docs: export
