@@ -1,5 +1,6 @@
 """Images/s of compkit's DeviceDataLoaders vs fastai's default DataBlock pipeline and a torch DataLoader with
-torchvision v2 per-item augmentation: same digits, same batch size, augmentation as alike as each allows. On a GPU
+torchvision v2 per-item augmentation, and compkit's loader with kornia's augmentations (compkit's `KorniaAugment`) in
+place of compkit's own: same digits, same batch size, augmentation as alike as each allows. On a GPU
 also the headline loader's images/s at 128 and 224 px and its share of a resnet18 training step.
 Run: python bench/dataloader.py [--sizes 32 64] [--epochs 3] [--gpu-sizes 128 224]"""
 import argparse, os, platform, statistics, tempfile, time
@@ -12,7 +13,9 @@ from fastai.vision.all import defaults, DataBlock, ImageBlock, CategoryBlock, ge
 from compkit.core import get_device
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders, image_stats
-from compkit.augment import RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting
+from compkit.augment import (RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting, RandomPerspective, ColorJitter,
+                             GaussianBlur, KorniaAugment)
+import kornia.augmentation as K
 from _plot import bar_chart
 
 def one_pass(dl):
@@ -73,7 +76,16 @@ def main(sizes, epochs, gpu_sizes, bs=64):
         ts, loaders = digits(size), {}
         compkit = {HEADLINE: [RandomAffine(max_rotate=10, max_zoom=1.1), RandomLighting(0.2)], # what aug_transforms() draws, less its warp
                    'compkit DeviceDataLoaders + compkit RandomFlip, RandomResizedCrop': [RandomFlip(), RandomResizedCrop(scale=(0.8, 1))],
-                   "compkit DeviceDataLoaders + fastai aug_transforms": aug_transforms()}
+                   "compkit DeviceDataLoaders + fastai aug_transforms": aug_transforms(),
+                   # kornia as the peer: the same loader, kornia's per-image augmentations in place of compkit's
+                   'compkit DeviceDataLoaders + kornia RandomHorizontalFlip, RandomAffine, ColorJiggle': [KorniaAugment(
+                       K.AugmentationSequential(K.RandomHorizontalFlip(), K.RandomAffine(10, scale=(1., 1.1), p=0.75),
+                                                K.ColorJiggle(0.2, 0.2, p=0.75)))],
+                   'compkit DeviceDataLoaders + compkit RandomPerspective, ColorJitter, GaussianBlur': [
+                       RandomPerspective(0.3), ColorJitter(0.2, 0.2, 0, 0), GaussianBlur(5, (0.1, 2.))],
+                   'compkit DeviceDataLoaders + kornia RandomPerspective, ColorJitter, RandomGaussianBlur': [KorniaAugment(
+                       K.AugmentationSequential(K.RandomPerspective(0.3, p=0.5), K.ColorJitter(0.2, 0.2, p=1.),
+                                                K.RandomGaussianBlur((5, 5), (0.1, 2.), p=0.5)))]}
         for name, tfms in compkit.items(): loaders[name] = DeviceDataLoaders.from_tensorset(ts, bs=bs, seed=0, batch_tfms=tfms).train
         block = DataBlock((ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label, splitter=RandomSplitter(0.2, seed=0),
                           item_tfms=Resize(size), batch_tfms=aug_transforms())
