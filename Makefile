@@ -4,12 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-cuda sync export docs bench
+.PHONY: demo test test-cuda sync export docs bench lock
 
-$(STAMP): settings.ini setup.py
+# settings.ini's ranges, narrowed to the exact set verified here (constraints.txt) so both commands are reproducible
+$(STAMP): settings.ini setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $@
+
+# after changing settings.ini or upgrading a package in .venv, and passing make test there: record that set as verified
+lock:
+	head -2 constraints.txt > constraints.new
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^#' >> constraints.new
+	mv constraints.new constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m compkit.demo --out demo_out
