@@ -15,6 +15,9 @@ PY
 # cuBLAS is deterministic only with a fixed workspace set before its first use (tests that compare two fits need it)
 export COMPKIT_DEVICE=cuda OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
+# TF32 (cuDNN's default for fp32 convolutions) rounds to 10 bits: passes of different batch sizes (tta10's chunks) then
+# differ by ~3e-5, more than the tests' fp32 tolerances; cuBLAS and cuDNN read this switch in every process
+export NVIDIA_TF32_OVERRIDE=0
 status=0
 "$PYTHON" -m nbdev.test --n_workers "${NB_WORKERS:-2}" || status=1
 "$PYTHON" -m pytest -p no:cacheprovider "$@" || status=1
