@@ -3,7 +3,7 @@ import argparse, torch, torch.nn.functional as F
 from torch.utils.benchmark import Timer
 from torchvision.ops import generalized_box_iou_loss
 from compkit.core import get_device
-from compkit.loss.box import scaled_iou_loss
+from compkit.box.losses import scaled_iou_loss
 from _plot import bar_chart
 
 def boxes(n, device, g):

@@ -21,7 +21,7 @@ from fastai.torch_core import TensorImage, TensorCategory
 from fastai.callback.mixup import MixUp as FastaiMixUp, CutMix as FastaiCutMix
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
-from compkit.callback.mixup import MixUp, CutMix, MixUpCutMix
+from compkit.classify.mixup import MixUp, CutMix, MixUpCutMix
 from _plot import bar_chart
 
 def learner(cb, device):

@@ -8,8 +8,8 @@ import argparse, os, platform, statistics, time
 import torch, torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 from compkit.core import device_generator
-from compkit.retrieval import topk_similar, rank_classes
-from compkit.sampling import PKSampler
+from compkit.retrieval.search import topk_similar, rank_classes
+from compkit.retrieval.sampling import PKSampler
 from _plot import bar_chart
 
 def seconds(f, reps=3):

@@ -12,8 +12,8 @@ from compkit.core import seed_everything, get_device
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
 from compkit.learner import timm_learner
-from compkit.lr_find import _kept # and Learner.lr_find_bounds
-from compkit.callback.snapshot import SnapshotEnsemble # and Learner.fit_sgdr_snapshots
+from compkit.schedule.lr_find import _kept # and Learner.lr_find_bounds
+from compkit.schedule.snapshot import SnapshotEnsemble # and Learner.fit_sgdr_snapshots
 from _plot import bar_chart
 
 def block(ni, nf, stride): return [nn.Conv2d(ni, nf, 3, stride, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU()]

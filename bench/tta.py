@@ -12,7 +12,7 @@ from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
 from compkit.augment import RandomPadCrop, RandomResizedCrop
 from compkit.learner import timm_learner
-from compkit.tta import TenCrop
+from compkit.predict.tta import TenCrop
 from _plot import bar_chart
 
 p = argparse.ArgumentParser()

@@ -24,7 +24,7 @@ from .augment import IntToFloatTensor, Normalize # fastai's, without per-element
 
 # %% auto #0
 __all__ = ['DeviceDataset', 'DeviceDL', 'UnwrapDeviceDL', 'image_stats', 'WeightedSampler', 'class_balance_weights', 'split_idxs',
-           'DeviceDataLoaders']
+           'DeviceDataLoaders', 'with_train']
 
 # %% ../nbs/10_data.ipynb #c6acf3ff
 class DeviceDataset:
@@ -332,3 +332,12 @@ class DeviceDataLoaders(DataLoaders):
 def _device_budget(device:torch.device) -> float:
     "Bytes of images to hold on `device`: half the free memory of a GPU, unlimited on the CPU (the set is in RAM anyway)"
     return torch.cuda.mem_get_info(device)[0] / 2 if device.type == 'cuda' else math.inf
+
+# %% ../nbs/10_data.ipynb #ba8682e4
+def with_train(dls:DeviceDataLoaders, # the loaders to copy
+               train, # the new training loader (usually `dls.train.new(...)`)
+              ) -> DeviceDataLoaders:
+    "A copy of `dls` with the training loader `train`, and the validation loader, path, device and storage of `dls`"
+    res = type(dls)(train, *dls.loaders[1:], path=dls.path, device=dls.device)
+    res.storage = getattr(dls, 'storage', None)
+    return res

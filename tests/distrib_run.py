@@ -10,9 +10,9 @@ from fastai.metrics import accuracy
 from compkit.core import seed_everything, rank_world
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
-from compkit.callback.mixup import MixUp
-from compkit.sampling import pk_dataloaders
-import compkit.callback.snapshot, compkit.lr_find, compkit.tta # Learner.fit_sgdr_snapshots, lr_find_bounds, tta10
+from compkit.classify.mixup import MixUp
+from compkit.retrieval.sampling import pk_dataloaders
+import compkit.schedule.snapshot, compkit.schedule.lr_find, compkit.predict.tta # Learner.fit_sgdr_snapshots, lr_find_bounds, tta10
 
 N_TRAIN, N_VALID, BS = 256, 61, 16 # 61 valid items: two ranks need one item of padding
 

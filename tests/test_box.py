@@ -14,7 +14,8 @@ from compkit.data import DeviceDataLoaders
 from compkit.augment import RandomPadCrop, RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting
 from compkit.box.data import check_boxes, fit_boxes
 from compkit.box.model import box_learner
-from compkit.loss.box import scaled_iou_loss, scaled_center_loss, CompositeBoxLoss, BoxLossSwitch, paired_box_iou
+from compkit.box.ops import paired_box_iou
+from compkit.box.losses import scaled_iou_loss, scaled_center_loss, CompositeBoxLoss, BoxLossSwitch
 
 D = digit_boxes(32, n=400, seed=0)
 

@@ -1,17 +1,190 @@
-"Retrieval: block-wise search against scikit-learn's brute-force neighbours, bounded blocks, MAP@k against scikit-learn, retrieval from learners."
-import pytest, torch, torch.nn.functional as F
+"""The retrieval band: losses against pytorch-metric-learning, margin heads in a real fastai Learner (optimizer, save,
+export, lr_find, fastai callbacks), PK batches through fit; block-wise search against scikit-learn's brute-force
+neighbours, bounded blocks, MAP@k against scikit-learn, retrieval from learners."""
+import math
+import pytest, timm, torch, torch.nn.functional as F
 from torch import nn
 from sklearn.neighbors import NearestNeighbors
 from sklearn.metrics import label_ranking_average_precision_score
+from fastai.callback.core import Callback
+from fastai.callback.training import GradientAccumulation
+from fastai.callback.tracker import SaveModelCallback
+from fastai.learner import Learner, load_learner
+from fastai.losses import CrossEntropyLossFlat
+from compkit.core import device_generator
 from compkit.datasets import digits
-from compkit.data import DeviceDataLoaders
-from compkit.metric import metric_learner, ArcFace
-import compkit.retrieval as R
-from compkit.retrieval import topk_similar, rank_classes, map_at_k
-from compkit.ensemble import concat_embeddings
+from compkit.data import DeviceDataLoaders, DeviceDataset, DeviceDL
+from compkit.retrieval.heads import ArcFace, CosFace, TripletLoss, EmbeddingModel, MarginTargets, metric_learner
+from compkit.retrieval.sampling import PKSampler, pk_dataloaders, drop_singletons
+import compkit.retrieval.search as R # and Learner.get_embeddings
+from compkit.retrieval.search import topk_similar, rank_classes, map_at_k
+from compkit.predict.ensemble import concat_embeddings
+
+# ---- heads and PK sampling
+
+D = digits(16)
 
 def small_cnn(n_emb=32): return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
                                               nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_emb))
+
+@pytest.fixture(scope='module')
+def dls(): return DeviceDataLoaders.from_tensorset(D, bs=64, seed=0)
+
+def quiet_fit(learn, *args, method='fit_one_cycle'):
+    with learn.no_bar(), learn.no_logging(): getattr(learn, method)(*args)
+
+# --- against pytorch-metric-learning ---------------------------------------------------------------------------------
+
+def _emb_labels(n=48, d=16, c=7, seed=123): # not 0: the heads draw their weights from the global generator, seeded 0 by conftest
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, c, (n,), generator=g)
+
+@pytest.mark.parametrize('cls,pml_name,m,pml_margin', [(ArcFace, 'ArcFaceLoss', 0.5, math.degrees(0.5)), (ArcFace, 'ArcFaceLoss', 1.2, math.degrees(1.2)),
+                                                      (CosFace, 'CosFaceLoss', 0.35, 0.35)])
+@pytest.mark.parametrize('s', [64., 16.])
+def test_margin_heads_equal_pml(cls, pml_name, m, pml_margin, s):
+    "Same loss and same gradient as pytorch-metric-learning (ArcFace margins there are in degrees; its W is (n_emb, n_out))"
+    pml = pytest.importorskip('pytorch_metric_learning.losses')
+    emb, y = _emb_labels()
+    head = cls(16, 7, m=m, s=s)
+    ref = getattr(pml, pml_name)(num_classes=7, embedding_size=16, margin=pml_margin, scale=s)
+    with torch.no_grad(): ref.W.copy_(head.weight.T)
+    e1, e2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+    ours, theirs = F.cross_entropy(head(e1, y), y), ref(e2, y)
+    ours.backward(); theirs.backward()
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(e1.grad, e2.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(head.weight.grad, ref.W.grad.T, rtol=1e-4, atol=1e-6)
+
+@pytest.mark.parametrize('normalize', [True, False])
+@pytest.mark.parametrize('margin', [0.05, 0.2, 1.])
+def test_triplet_equals_pml_batch_hard(normalize, margin):
+    "Batch-hard triplet loss equals PML's TripletMarginLoss on BatchHardMiner's triplets (mean over the mined triplets)"
+    pytest.importorskip('pytorch_metric_learning')
+    from pytorch_metric_learning import losses, miners, distances, reducers
+    emb, y = _emb_labels(n=40, c=6, seed=1)
+    y[-1] = 99 # a class with one item: no positive, no triplet
+    dist = distances.LpDistance(normalize_embeddings=normalize)
+    miner = miners.BatchHardMiner(distance=dist)
+    ref = losses.TripletMarginLoss(margin=margin, distance=dist, reducer=reducers.MeanReducer())
+    e1, e2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+    ours, theirs = TripletLoss(margin, normalize)(e1, y), ref(e2, y, miner(e2, y))
+    ours.backward(); theirs.backward()
+    assert len(miner(emb, y)[0]) == 39
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(e1.grad, e2.grad, rtol=1e-4, atol=1e-6)
+
+def test_margin_under_autocast_is_fp32_and_finite():
+    "Under mixed precision the logits stay fp32 and the gradients finite, even for an embedding on its class centre"
+    head = ArcFace(8, 3)
+    emb = head.weight[:2].detach().clone().requires_grad_() # cos = 1 exactly for the target: acos' is infinite there
+    with torch.autocast('cpu', dtype=torch.bfloat16): out = head(emb, torch.tensor([0, 1]))
+    assert out.dtype == torch.float32
+    F.cross_entropy(out, torch.tensor([0, 1])).backward()
+    assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
+
+# --- the head in a fastai Learner ------------------------------------------------------------------------------------
+
+def test_head_trains_saves_exports_and_predicts(dls, tmp_path):
+    learn = metric_learner(dls, small_cnn(), head=CosFace, path=tmp_path)
+    w0 = learn.model.head.weight.detach().clone()
+    quiet_fit(learn, 3, 1e-2)
+    assert not torch.equal(learn.model.head.weight, w0)
+    with learn.no_bar(): loss, acc = learn.validate()
+    assert acc > 0.8
+    # eval logits are s*cos with the learnt class centres: get_preds is their softmax
+    with learn.no_bar(): probs, targs = learn.get_preds()
+    x = learn.dls.valid.one_batch()[0]
+    learn.model.eval()
+    with torch.no_grad(): expected = F.softmax(64 * F.normalize(learn.model.embed(x)) @ F.normalize(learn.model.head.weight).T, 1)
+    assert torch.allclose(probs[:len(x)], expected, atol=1e-5)
+    # learn.save / learn.load carry the head
+    learn.save('cos')
+    fresh = metric_learner(dls, small_cnn(), head=CosFace, path=tmp_path)
+    fresh.load('cos')
+    assert torch.equal(fresh.model.head.weight, learn.model.head.weight)
+    # export / load_learner carry it, with the callback, and predict the same
+    learn.export('cos.pkl')
+    back = load_learner(tmp_path/'cos.pkl')
+    assert any(isinstance(cb, MarginTargets) for cb in back.cbs)
+    raw = D.x[D.valid_idx[0]]
+    assert torch.allclose(back.predict(raw)[2], learn.predict(raw)[2], atol=1e-5)
+
+def test_pretrained_body_frozen_head_trainable(dls, tmp_path):
+    "Local weights: timm_learner freezes the body; the margin head joins the last (trainable) group of the new optimizer"
+    src = timm.create_model('resnet10t')
+    torch.save(src.state_dict(), tmp_path/'w.pth')
+    learn = metric_learner(dls, 'resnet10t', n_emb=16, weights=tmp_path/'w.pth')
+    body = learn.model.embedder[0].model
+    assert not body.layer1[0].conv1.weight.requires_grad and learn.model.head.weight.requires_grad
+    assert any(p is learn.model.head.weight for p in learn.opt.param_lists[-1])
+    assert len(learn.opt.param_lists) == 2
+    conv0, head0 = body.layer1[0].conv1.weight.detach().clone(), learn.model.head.weight.detach().clone()
+    quiet_fit(learn, 1, method='fit')
+    assert torch.equal(body.layer1[0].conv1.weight, conv0) and not torch.equal(learn.model.head.weight, head0)
+
+class Spy(Callback):
+    "Record how the model is called: the number of inputs of each batch, training and not"
+    def __init__(self): self.n_inp = {True: set(), False: set()}
+    def after_pred(self): self.n_inp[self.training].add(len(self.xb))
+
+def test_targets_reach_model_in_training_only_and_compose(dls, tmp_path):
+    "lr_find trains with the targets; validation and get_preds without; with GradientAccumulation and SaveModelCallback"
+    spy = Spy()
+    learn = metric_learner(dls, small_cnn(), cbs=[spy, GradientAccumulation(128), SaveModelCallback(fname='best')], path=tmp_path)
+    with learn.no_bar(), learn.no_logging(): learn.lr_find(num_it=8, show_plot=False)
+    assert spy.n_inp[True] == {2}
+    quiet_fit(learn, 2, 1e-2, method='fit')
+    assert spy.n_inp == {True: {2}, False: {1}}
+    saved = torch.load(tmp_path/'models/best.pth')
+    assert 'head.weight' in saved
+    with learn.no_bar(): learn.get_preds()
+    assert 'ArcFace' in learn.summary()     # summary runs the model as get_preds does: model(x)
+    assert spy.n_inp[False] == {1}
+
+def test_margin_head_without_callback_is_refused(dls):
+    learn = Learner(dls, EmbeddingModel(small_cnn(), ArcFace(32, 10)), loss_func=CrossEntropyLossFlat())
+    with pytest.raises(ValueError, match='MarginTargets'): quiet_fit(learn, 1, method='fit')
+
+# --- PK batches through fit ------------------------------------------------------------------------------------------
+
+class Batches(Callback):
+    def before_fit(self): self.ys = []
+    def before_batch(self):
+        if self.training: self.ys.append(self.yb[0].cpu())
+
+def test_pk_batches_in_fit_with_triplet_loss(dls):
+    "Every training batch of a fit is P classes x K images; the triplet model's validation neighbours are right"
+    pk = pk_dataloaders(dls, p=8, k=4)
+    rec = Batches()
+    learn = metric_learner(pk, small_cnn(), head=None, loss_func=TripletLoss(), cbs=rec)
+    quiet_fit(learn, 3, 1e-2)
+    assert len(rec.ys) == 3 * (len(dls.train_ds) // 32)
+    for yb in rec.ys:
+        assert len(yb) == 32 and sorted(torch.bincount(yb, minlength=10).tolist()) == [0, 0] + [4] * 8
+        assert (yb.view(8, 4) == yb.view(8, 4)[:, :1]).all() # class after class, in blocks of k
+    emb, targ = learn.get_embeddings()
+    sim = F.normalize(emb) @ F.normalize(emb).T; sim.fill_diagonal_(-2)
+    assert (targ[sim.argmax(1)] == targ).float().mean() > 0.8
+
+def test_pk_reproducible_and_singletons():
+    y = torch.tensor([0] * 9 + [1] * 3 + [2] * 1 + [3] * 7 + [4] * 12)
+    keep = drop_singletons(y, verbose=False)
+    assert (y[keep] != 2).all() and len(keep) == len(y) - 1
+    ds = DeviceDataset(torch.zeros(len(keep), 1, 2, 2, dtype=torch.uint8), (y[keep],))
+    dl = lambda seed: DeviceDL(ds, bs=8, shuffle=True, drop_last=True, sampler=PKSampler(y[keep], 2, 4), seed=seed)
+    epoch = lambda l: torch.cat([yb for _, yb in l])
+    a, b = dl(0), dl(0)
+    e1, e2 = epoch(a), epoch(b)
+    assert torch.equal(e1, e2) and not torch.equal(epoch(a), e1) # same seed, same epoch; the next epoch differs
+    assert len(e1) == len(keep) // 8 * 8
+    for blk in e1.view(-1, 2, 4): assert len(blk[:, 0].unique()) == 2 and (blk == blk[:, :1]).all()
+    idx = PKSampler(y[keep], 2, 4)(len(keep), device_generator('cpu', 3))
+    for blk in idx.view(-1, 4):
+        n_cls = int((y[keep] == y[keep][blk[0]]).sum())
+        assert len(blk.unique()) == min(4, n_cls) # distinct images unless the class has fewer than k
+
+# ---- search
 
 def data(n=300, m=2000, d=24, c=50, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -1,0 +1,235 @@
+"""The prediction band on real learners: tta10 (views against torchvision, box round trips, chunking, merges, scale on
+a trained digits model, fastai's own loaders and callbacks); ensembles (tta predictions, fitted weights against equal
+ones, rank averages, meta-embeddings for a kNN); pseudo-labelling end to end (an ensemble's predictions, combined
+loaders, retraining, PK on top)."""
+import itertools, warnings
+import numpy as np, pytest, torch, torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+from torchvision import tv_tensors
+from PIL import Image
+from scipy.stats import rankdata
+from fastai.vision.all import ImageDataLoaders, Resize, Callback, ConvLayer, Flatten
+from fastai.learner import save_model
+from compkit.core import seed_everything
+from compkit.datasets import digits
+from compkit.data import DeviceDataLoaders
+from compkit.augment import RandomPadCrop, RandomResizedCrop
+from compkit.learner import timm_learner
+from compkit.retrieval.sampling import pk_dataloaders
+from compkit.predict.tta import TenCrop, ten_crop_views
+from compkit.predict.ensemble import ensemble_preds, fit_weights, learners_preds, embeddings, meta_embeddings, _log_loss
+from compkit.predict.pseudo import pseudo_labels, pseudo_dataloaders
+
+# ---- tta10
+
+@pytest.mark.parametrize('shape,size,vflip', [((32, 32), 28, False), ((31, 40), (17, 30), True), ((33, 33), 24, False), ((20, 26), 20, True)])
+def test_views_equal_torchvision_ten_crop(shape, size, vflip):
+    x = torch.randint(0, 256, (3, 2, *shape), dtype=torch.uint8)
+    assert torch.equal(ten_crop_views(x, size, vflip), torch.stack(TF.ten_crop(x, [size, size] if isinstance(size, int) else list(size), vertical_flip=vflip)))
+
+@pytest.mark.parametrize('scale,flip', itertools.product([1., 1.25, 1.5, 2.], ['horizontal', 'vertical']))
+def test_box_round_trip_exact(scale, flip):
+    "Dyadic scales: boxes go to every view and back bit for bit; and the forward map is torchvision's resize + flip + crop of boxes"
+    b = torch.tensor([[0., 0., 32., 24.], [3., 5., 20., 17.], [7.5, 2.25, 8.5, 21.]])
+    tc = TenCrop((24, 32), (20, 24), scale, flip)
+    for i, (t, l, flipped) in enumerate(tc.views):
+        v = tc.boxes_to_view(b, i)
+        assert torch.equal(tc.boxes_from_view(v, i), b)
+        ref = TF.resize(tv_tensors.BoundingBoxes(b, format='XYXY', canvas_size=(24, 32)), list(tc.scaled))
+        if flipped: ref = (TF.vertical_flip if flip == 'vertical' else TF.horizontal_flip)(ref)
+        assert torch.allclose(v, ref.as_subclass(torch.Tensor) - torch.tensor([l, t, l, t]), atol=1e-5)
+
+@pytest.mark.parametrize('scale', [8/7, 1.1, 1.37])
+def test_box_round_trip_any_scale(scale):
+    b = torch.rand(50, 4) * 28; b = torch.cat([b[:, :2].minimum(b[:, 2:]), b[:, :2].maximum(b[:, 2:])], 1)
+    tc = TenCrop((28, 28), 26, scale)
+    for i in range(10): assert torch.allclose(tc.boxes_from_view(tc.boxes_to_view(b, i), i), b, atol=1e-5)
+
+def tiny_cnn(n_in=1): return nn.Sequential(ConvLayer(n_in, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+@pytest.fixture(scope='module')
+def trained():
+    "A small CNN trained on 28 px digits with random crops (pad-crop and random-resized-crop)"
+    dls = DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3), RandomResizedCrop(scale=(0.5, 1))])
+    learn = timm_learner(dls, tiny_cnn())
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 1e-2)
+    return learn
+
+@pytest.fixture(scope='module')
+def sdl(trained):
+    "96 validation images, in two batches of 64 and 32"
+    ds = trained.dls.valid_ds
+    return trained.dls.test_dl(ds.x[:96].cpu(), labels=ds.ys[0][:96].cpu())
+
+def _reference(model, xb, scale, size, n=10):
+    "The merged softmax of `model` over torchvision's ten crops of `xb` resized by `scale`: tta10's independent reference"
+    h, w = xb.shape[-2:]
+    xs = TF.resize(xb.as_subclass(torch.Tensor), [round(h * scale), round(w * scale)], antialias=True)
+    with torch.no_grad(): return torch.stack([model(v).softmax(-1) for v in TF.ten_crop(xs, [size, size])[:n]]).mean(0)
+
+def test_scale_with_default_size_on_trained_digits(trained):
+    "size=None keeps the crops at the training size (28 px), cut from the image upscaled to 32 px"
+    p1, t1 = trained.get_preds()
+    with trained.no_bar(): p, t = trained.tta10(scale=8/7, flip=None)
+    xb = torch.cat([b[0] for b in trained.dls.valid])
+    assert torch.equal(t, t1) and p.shape == p1.shape
+    assert torch.allclose(p, _reference(trained.model.eval(), xb, 8/7, 28, n=5), atol=1e-5)
+    acc1, acc5 = (p1.argmax(1) == t1).float().mean(), (p.argmax(1) == t).float().mean()
+    assert acc1 > 0.75 and acc5 > acc1 - 0.03, (acc1, acc5)   # a model trained on random crops is not hurt by them
+
+def test_chunked_equals_unchunked(trained, sdl):
+    with trained.no_bar():
+        ps = [trained.tta10(sdl, scale=1.25, size=30, chunk=c, merge=m)[0] for m in ('mean', 'max') for c in (1, 4, 10)]
+    for a, b in ((ps[0], ps[1]), (ps[0], ps[2]), (ps[3], ps[4]), (ps[3], ps[5])): assert torch.allclose(a, b, atol=1e-5)
+
+def test_merges_against_hand_computation(trained, sdl):
+    with trained.no_bar():
+        p, t, v = trained.tta10(sdl, scale=1.25, size=30, with_views=True)
+        assert torch.allclose(p, v.mean(0), atol=1e-6)
+        assert torch.allclose(trained.tta10(sdl, scale=1.25, size=30, merge='gmean')[0], v.log().mean(0).exp(), atol=1e-5)
+        assert torch.allclose(trained.tta10(sdl, scale=1.25, size=30, merge='max')[0], v.amax(0), atol=1e-6)
+    assert torch.allclose(p, _reference(trained.model.eval(), torch.cat([b[0] for b in sdl]), 1.25, 30), atol=1e-5)
+
+def test_callbacks_see_each_chunk_and_models_from_files(trained, sdl, tmp_path):
+    "The passes go through fastai's loop (callbacks see every chunk); `learn.save` files and modules work as `models`, and the weights are restored"
+    class Shapes(Callback):
+        def __init__(self): self.shapes = []
+        def before_batch(self): self.shapes.append(tuple(self.xb[0].shape))
+    cb = Shapes()
+    trained.add_cb(cb)
+    try:
+        with trained.no_bar(): p, _ = trained.tta10(sdl, scale=1.25, size=30, chunk=4)
+    finally: trained.remove_cb(cb)
+    assert cb.shapes == [(4 * 64, 1, 30, 30)] * 2 + [(2 * 64, 1, 30, 30)] + [(4 * 32, 1, 30, 30)] * 2 + [(2 * 32, 1, 30, 30)]
+    save_model(tmp_path/'snap.pth', trained.model, None) # what `learn.save('snap')` writes
+    before = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    with trained.no_bar():
+        pf, _ = trained.tta10(sdl, scale=1.25, size=30, models=[tmp_path/'snap.pth'])
+        pm, _ = trained.tta10(sdl, scale=1.25, size=30, models=[trained.model])
+        with pytest.raises(ValueError, match='models\\[0\\]: no file'): trained.tta10(sdl, scale=1.25, size=30, models=['nowhere.pth'])
+    assert torch.allclose(pf, p, atol=1e-6) and torch.allclose(pm, p, atol=1e-6)
+    assert all(torch.equal(v, trained.model.state_dict()[k]) for k, v in before.items())
+
+def test_fastai_tta_runs_on_device_dataloaders(trained):
+    "fastai's own `Learner.tta` (untouched) on compkit's loaders: random training augmentations per pass, then the plain pass"
+    with trained.no_bar(): (aug, plain), t = trained.tta(n=2, beta=None)
+    p, _ = trained.get_preds()
+    assert torch.allclose(plain, p, atol=1e-6)
+    assert not torch.allclose(aug, p, atol=1e-3)   # the passes ran with RandomPadCrop / RandomResizedCrop on
+    assert trained.dls.valid_ds.split_idx == 1
+
+def test_works_with_fastai_image_dataloaders(tmp_path):
+    D = digits(28)
+    for i in range(80):
+        (tmp_path/str(int(D.y[i]))).mkdir(exist_ok=True)
+        Image.fromarray(D.x[i, 0].numpy()).convert('RGB').save(tmp_path/str(int(D.y[i]))/f'{i}.png')
+    fdls = ImageDataLoaders.from_folder(tmp_path, valid_pct=0.25, seed=0, item_tfms=Resize(28), bs=8, num_workers=0)
+    learn = timm_learner(fdls, tiny_cnn(3))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    with learn.no_bar():
+        p, t = learn.tta10(scale=1.25, size=30)
+        p1, t1 = learn.get_preds()
+        fp, ft = learn.tta(n=2)   # fastai's own TTA is still there and still works
+    assert torch.equal(t, t1) and torch.equal(t, ft) and p.shape == (20, fdls.c)
+    xb = torch.cat([b[0] for b in fdls.valid])
+    assert torch.allclose(p, _reference(learn.model.eval(), xb, 1.25, 30), atol=1e-5)
+
+# ---- ensembles
+
+@pytest.fixture(scope='module')
+def pair():
+    "A small CNN on 28 px digits and an MLP on 16 px digits, the same fixed validation split"
+    seed_everything(0) # a module fixture is made before the per-test seed: the same start whatever ran before
+    cnn = timm_learner(DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3)]),
+                       nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(64, 10)))
+    mlp = timm_learner(DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0), nn.Sequential(Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
+    for learn in (cnn, mlp):
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 1e-2)
+    return cnn, mlp
+
+def test_tta_preds_and_fitted_weights(pair):
+    cnn, mlp = pair
+    with cnn.no_bar(), mlp.no_bar():
+        preds, t = learners_preds(pair, tta=True, scale=8/7, flip=None)
+        assert torch.allclose(preds[0], cnn.tta10(scale=8/7, flip=None)[0]) and torch.allclose(preds[1], mlp.tta10(scale=8/7, flip=None)[0])
+    w = fit_weights(preds, t)
+    losses = [_log_loss(ensemble_preds(preds, ws), t) for ws in (w, [1, 1], [1, 0], [0, 1])]
+    assert losses[0] <= min(losses[1:]) + 1e-6   # the fitted weights beat equal weights and each model alone, on the set they were fitted on
+    for ws in torch.linspace(0, 1, 21): assert losses[0] <= _log_loss(ensemble_preds(preds, [ws, 1 - ws]), t) + 1e-6
+
+def test_rank_average_of_real_predictions(pair):
+    with pair[0].no_bar(), pair[1].no_bar(): preds, t = learners_preds(pair)
+    ref = (rankdata(preds[0].numpy(), axis=0) + 3 * rankdata(preds[1].numpy(), axis=0)) / 4 / len(t)
+    assert torch.allclose(ensemble_preds(preds, [1, 3], 'rank'), torch.tensor(ref, dtype=torch.float), atol=1e-6)
+
+def test_meta_embeddings_nearest_neighbour(pair):
+    "Meta-embeddings of the training images (unaugmented, via test_dl) as a 1-NN index for the validation images"
+    cnn, mlp = pair
+    tr = [l.dls.test_dl(l.dls.train_ds.x.cpu(), labels=l.dls.train_ds.ys[0].cpu()) for l in pair]
+    layers = [cnn.model[4], mlp.model[2]]   # the CNN's pooled features, the MLP's hidden layer
+    with cnn.no_bar(), mlp.no_bar():
+        et, yt = meta_embeddings(pair, dl=tr, layers=layers)   # one loader per learner: their sizes differ
+        ev, yv = meta_embeddings(pair, layers=layers)
+        single = [embeddings(l, layer=m)[0] for l, m in zip(pair, layers)]
+    assert et.shape == (1437, 64 + 128) and ev.shape == (360, 64 + 128) and torch.equal(yt, pair[0].dls.train_ds.ys[0].cpu())
+    nn_acc = lambda e, et: float((yt[(e @ et.T).argmax(1)] == yv).float().mean()) # cosine 1-NN (rows are unit vectors)
+    accs = [nn_acc(F.normalize(single[0], dim=1), et[:, :64]), nn_acc(F.normalize(single[1], dim=1), et[:, 64:]), nn_acc(ev, et)]
+    assert accs[2] > 0.9 and accs[2] >= min(accs[:2]), accs  # 0.96, 0.975 and 0.983 here
+
+# ---- pseudo-labels
+
+def small_cnn(n_out=10): return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                                              nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_out))
+
+@pytest.fixture(scope='module')
+def setup():
+    seed_everything(0) # a module fixture is made before the per-test seed: the same start whatever ran before
+    d = digits(16)
+    train_idx = torch.tensor(sorted(set(range(len(d.y))) - set(d.valid_idx.tolist())))
+    lab, unlab = train_idx[::2], train_idx[1::2]
+    keep = torch.cat([lab, d.valid_idx])
+    dls = DeviceDataLoaders.from_tensors(d.x[keep], d.y[keep], vocab=d.vocab, valid_idx=range(len(lab), len(keep)), bs=64, seed=0)
+    learners = [timm_learner(dls, small_cnn()) for _ in range(2)]
+    for l in learners:
+        with l.no_bar(), l.no_logging(): l.fit_one_cycle(4, 1e-2)
+    return d, lab, unlab, dls, learners
+
+def test_ensemble_pseudo_labels_retrain(setup):
+    d, lab, unlab, dls, learners = setup
+    tdl = dls.test_dl(d.x[unlab])
+    probs = []
+    for l in learners:
+        with l.no_bar(): probs.append(l.get_preds(dl=tdl)[0])
+    pl = pseudo_labels(torch.stack(probs).mean(0), 0.9) # an ensemble's mean probabilities
+    conf = torch.stack(probs).mean(0).max(1).values
+    assert torch.equal(pl.idx, (conf > 0.9).nonzero().flatten())
+    assert (pl.y == d.y[unlab][pl.idx]).float().mean() > 0.9
+    table = pl.table(dls.vocab)
+    assert table['taken'].sum() == len(pl.idx) and table['predicted'].sum() == len(unlab)
+    assert (table['taken'] <= table['predicted']).all()
+    dls2 = pseudo_dataloaders(dls, tdl, pl)
+    assert len(dls2.train_ds) == len(lab) + len(pl.idx) and torch.equal(dls2.valid_ds.x, dls.valid_ds.x)
+    assert dls2.after_batch.normalize.mean.equal(dls.after_batch.normalize.mean) # same normalisation: fine-tuning sees the same inputs
+    # every pseudo-labelled item is drawn in an epoch
+    seen = torch.cat([yb for _, yb in dls2.train])
+    assert len(seen) == len(dls2.train_ds) // 64 * 64
+    # retrain on the combined loaders
+    learn = timm_learner(dls2, small_cnn())
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 1e-2)
+    with learn.no_bar(): assert learn.validate()[1] > 0.85
+    # PK sampling applied again on top, for a metric loss
+    pk = pk_dataloaders(dls2, p=5, k=4)
+    xb, yb = pk.one_batch()
+    assert sorted(torch.bincount(yb.cpu(), minlength=10).tolist()) == [0] * 5 + [4] * 5
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        again = pseudo_dataloaders(pk, tdl, pl)
+    assert 'sampler' in str(w[0].message) and again.train.sampler is None
+
+def test_bad_predictions_refused(setup):
+    d, lab, unlab, dls, learners = setup
+    tdl = dls.test_dl(d.x[unlab])
+    with pytest.raises(ValueError, match='logits'): pseudo_labels(torch.randn(len(unlab), 10))
+    with pytest.raises(ValueError, match='classes'): pseudo_dataloaders(dls, tdl, pseudo_labels(torch.full((len(unlab), 4), 0.25)))
+    with pytest.raises(ValueError, match='made for'): pseudo_dataloaders(dls, d.x[unlab[:-1]], pseudo_labels(torch.full((len(unlab), 10), 0.1)))
