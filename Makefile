@@ -15,7 +15,7 @@ $(STAMP): settings.ini setup.py constraints.txt
 # after changing settings.ini or upgrading a package in .venv, and passing make test there: record that set as verified
 lock:
 	head -2 constraints.txt > constraints.new
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^#' >> constraints.new
+	$(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^#' >> constraints.new
 	mv constraints.new constraints.txt
 
 demo: $(STAMP)
