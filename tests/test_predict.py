@@ -1,6 +1,6 @@
 """The prediction band on real learners: tta10 (views against torchvision, box round trips, chunking, merges, scale on
 a trained digits model, fastai's own loaders and callbacks); ensembles (tta predictions, fitted weights against equal
-ones, rank averages, meta-embeddings for a kNN); pseudo-labelling end to end (an ensemble's predictions, combined
+ones, rank averages); pseudo-labelling end to end (an ensemble's predictions, combined
 loaders, retraining, PK on top)."""
 import itertools, warnings
 import numpy as np, pytest, torch, torch.nn.functional as F
@@ -18,7 +18,7 @@ from compkit.augment import RandomPadCrop, RandomResizedCrop
 from compkit.learner import timm_learner
 from compkit.retrieval.sampling import pk_dataloaders
 from compkit.predict.tta import TenCrop, ten_crop_views
-from compkit.predict.ensemble import ensemble_preds, fit_weights, learners_preds, embeddings, meta_embeddings, _log_loss
+from compkit.predict.ensemble import ensemble_preds, fit_weights, learners_preds, _log_loss
 from compkit.predict.pseudo import pseudo_labels, pseudo_dataloaders
 
 # ---- tta10
@@ -162,20 +162,6 @@ def test_rank_average_of_real_predictions(pair):
     with pair[0].no_bar(), pair[1].no_bar(): preds, t = learners_preds(pair)
     ref = (rankdata(preds[0].numpy(), axis=0) + 3 * rankdata(preds[1].numpy(), axis=0)) / 4 / len(t)
     assert torch.allclose(ensemble_preds(preds, [1, 3], 'rank'), torch.tensor(ref, dtype=torch.float), atol=1e-6)
-
-def test_meta_embeddings_nearest_neighbour(pair):
-    "Meta-embeddings of the training images (unaugmented, via test_dl) as a 1-NN index for the validation images"
-    cnn, mlp = pair
-    tr = [l.dls.test_dl(l.dls.train_ds.x.cpu(), labels=l.dls.train_ds.ys[0].cpu()) for l in pair]
-    layers = [cnn.model[4], mlp.model[2]]   # the CNN's pooled features, the MLP's hidden layer
-    with cnn.no_bar(), mlp.no_bar():
-        et, yt = meta_embeddings(pair, dl=tr, layers=layers)   # one loader per learner: their sizes differ
-        ev, yv = meta_embeddings(pair, layers=layers)
-        single = [embeddings(l, layer=m)[0] for l, m in zip(pair, layers)]
-    assert et.shape == (1437, 64 + 128) and ev.shape == (360, 64 + 128) and torch.equal(yt, pair[0].dls.train_ds.ys[0].cpu())
-    nn_acc = lambda e, et: float((yt[(e @ et.T).argmax(1)] == yv).float().mean()) # cosine 1-NN (rows are unit vectors)
-    accs = [nn_acc(F.normalize(single[0], dim=1), et[:, :64]), nn_acc(F.normalize(single[1], dim=1), et[:, 64:]), nn_acc(ev, et)]
-    assert accs[2] > 0.9 and accs[2] >= min(accs[:2]), accs  # 0.96, 0.975 and 0.983 here
 
 # ---- pseudo-labels
 
