@@ -78,23 +78,28 @@ def _files(name):
     try: return distribution(name).files or []
     except PackageNotFoundError: return []
 
-def test_pip_install_keeps_the_torch_it_finds(tmp_path):
+@pytest.fixture
+def scratch(tmp_path):
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True) # a torch install is 800 MB; pytest keeps the last three runs' folders
+
+def test_pip_install_keeps_the_torch_it_finds(scratch):
     "A real `pip install compkit` into a venv holding torch 2.13 + torchvision 0.28 (not the 2.14.1 `make` pins)"
     if not (TORCH_WHL.exists() and VISION_WHL.exists() and sys.version_info[:2] == (3, 11)):
         pytest.skip(f'needs Python 3.11, {TORCH_WHL} and {VISION_WHL}')
-    venv.create(tmp_path/'env') # pip and setuptools come with the image's other packages below
-    py = str(tmp_path/'env'/'bin'/'python')
+    venv.create(scratch/'env') # pip and setuptools come with the image's other packages below
+    py = str(scratch/'env'/'bin'/'python')
     clean = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'} # only what the venv holds is importable
     def run(*args, python=py):
-        r = subprocess.run([python, *args], capture_output=True, text=True, cwd=tmp_path, env=clean)
+        r = subprocess.run([python, *args], capture_output=True, text=True, cwd=scratch, env=clean)
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout
     pip = lambda *a: run('-m', 'pip', '--python', py, 'install', '--no-compile', *a, python=sys.executable)
     pip('--no-deps', TORCH_WHL, VISION_WHL)
     # the image's other packages (fastai, timm, ...) are visible as if installed: nothing to download or unpack
     site = Path(run('-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])').strip())
-    (site/'image.pth').write_text(str(image_packages(tmp_path/'image')))
-    src = tmp_path/'src'
+    (site/'image.pth').write_text(str(image_packages(scratch/'image')))
+    src = scratch/'src'
     shutil.copytree(ROOT/'compkit', src/'compkit', ignore=shutil.ignore_patterns('__pycache__'))
     for f in 'setup.py', 'settings.ini', 'pyproject.toml', 'README.md', 'MANIFEST.in': shutil.copy(ROOT/f, src)
     out = pip('--no-build-isolation', src) # the image's setuptools builds it: no build environment to download
@@ -103,6 +108,6 @@ def test_pip_install_keeps_the_torch_it_finds(tmp_path):
                          '[m.version(n), m.requires(n)] for n in ("torch", "torchvision", "compkit")} | '
                          '{"imported": [torch.__version__, compkit.core.__file__]}))'))
     assert got['torch'][0] == got['imported'][0] == '2.13.0+cpu' and got['torchvision'][0] == '0.28.0'
-    assert Path(got['imported'][1]).is_relative_to(tmp_path/'env'), got # the installed copy, not this checkout
+    assert Path(got['imported'][1]).is_relative_to(scratch/'env'), got # the installed copy, not this checkout
     assert_settings_requirements(got['compkit'][1]) # what setup.py emits into a built package is settings.ini's
     run('-m', 'pip', 'check')
