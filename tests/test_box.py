@@ -15,6 +15,7 @@ from compkit.augment import RandomPadCrop, RandomFlip, RandomResizedCrop, Random
 from compkit.box.data import check_boxes, fit_boxes
 from compkit.box.model import box_learner
 from compkit.box.ops import paired_box_iou
+from compkit.schedule.progressive import ProgressiveResize
 from compkit.box.losses import scaled_iou_loss, scaled_center_loss, CompositeBoxLoss, BoxLossSwitch
 
 D = digit_boxes(32, n=400, seed=0)
@@ -124,6 +125,26 @@ def test_boxes_move_with_their_images_through_the_loader(tfms, tol):
         assert torch.allclose(extents(xb, 0.5 if xb.is_floating_point() else 127), yb, atol=tol)
         moved += (yb != orig[i * 64:(i + 1) * 64]).any(1).sum().item()
     assert moved > 0.2 * len(orig)
+
+class BoxesAtSize(Callback):
+    "After `ProgressiveResize`, record each training batch's size and how far its boxes are from their resized masks"
+    order = ProgressiveResize.order + 1
+    def before_fit(self): self.sizes, self.err = [], []
+    def before_batch(self):
+        if not self.training: return
+        xb, yb = self.xb[0], self.yb[0]
+        assert type(yb) is TensorBBox
+        self.sizes.append(xb.shape[-1]); self.err.append((extents(xb, 0.5) - yb).abs().max().item())
+
+def test_progressive_resize_trains_on_boxes():
+    "Small images first, on boxes: each box stays its resized mask's extent, and the fit trains"
+    b = D.y.round()
+    dls = DeviceDataLoaders.from_boxes(box_masks(b, 32, 32), b, valid_idx=D.valid_idx, bs=64, seed=0, normalize=False)
+    learn, watch = box_learner(dls, small_body(), pool="avg"), BoxesAtSize() # a head for any size
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3, cbs=[ProgressiveResize({0: 16, 1: 24}), watch])
+    assert set(watch.sizes) == {16, 24} and watch.sizes[0] == 16 and watch.sizes[-1] == 24
+    assert max(watch.err) <= 1.01                      # to a pixel: the antialiased resize blurs the mask's edge
+    assert all(np.isfinite(l) for l in learn.recorder.losses)
 
 def test_flip_twice_is_identity_and_pad_crop_moves_by_the_shift():
     x, b = TensorImage(box_masks(D.y[:64].round(), 32, 32)), TensorBBox(D.y[:64].round())

@@ -33,9 +33,15 @@ class BoxHead(nn.Module):
         self.drop, self.fc = nn.Dropout(p), nn.Linear(nf * (feat_hw[0] * feat_hw[1] if pool == 'flatten' else 1), 4)
         nn.init.zeros_(self.fc.weight); nn.init.zeros_(self.fc.bias) # first predictions: the prior, not noise of half an image
         h, w = size
+        self.feat_hw = tuple(feat_hw)
         self.register_buffer('scale', torch.tensor([w, h, w, h], dtype=torch.float32))
         self.register_buffer('prior', torch.as_tensor(ifnone(prior, [0.25, 0.25, 0.75, 0.75]), dtype=torch.float32))
-    def forward(self, x): return (self.fc(self.drop(self.pool(x))) + self.prior) * self.scale
+    def forward(self, x):
+        out = (self.fc(self.drop(self.pool(x))) + self.prior) * self.scale
+        (fh, fw), (h, w) = getattr(self, 'feat_hw', x.shape[-2:]), x.shape[-2:]
+        if (h, w) == (fh, fw): return out
+        # 'avg' runs at any size (`ProgressiveResize`, testing larger): boxes in pixels of the input it is given
+        return torch.stack([out[:, 0::2] * (w / fw), out[:, 1::2] * (h / fh)], -1).flatten(1)
 
 # %% ../../nbs/33_box.model.ipynb #8eb59f26
 def swap_act(m:nn.Module, # any model; changed in place

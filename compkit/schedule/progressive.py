@@ -4,10 +4,10 @@
 
 # %% ../../nbs/44_schedule.progressive.ipynb #f97ad3a9
 from __future__ import annotations
-import torch.nn.functional as F
+import numpy as np, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastai.torch_core import TensorMask
-from fastai.vision.core import TensorPoint
+from fastai.vision.core import TensorPoint, TensorBBox
 from fastai.callback.core import Callback
 from fastai.callback.mixup import MixHandler
 
@@ -16,31 +16,41 @@ __all__ = ['ProgressiveResize']
 
 # %% ../../nbs/44_schedule.progressive.ipynb #08374132
 class ProgressiveResize(Callback):
-    "Resize each training batch on its device to the size `sizes` gives its epoch ({first epoch: size}), counting epochs over every fit it takes part in"
+    "Resize each training batch, boxes included, on its device to the size `sizes` gives its epoch ({epoch: size})"
     order = MixHandler.order - 1 # before MixUp/CutMix mix the batch: they then work at the new size
     def __init__(self,
-                 sizes:dict, # {epoch: size} from that epoch on, size an int or (h, w); before the first key, the data's own size
+                 sizes:dict, # {epoch: size} from that epoch on, an int or (h, w); before the first key, the data's
                  scale_bs:bool=False, # scale the batch size by area: the loader's own at the largest size, more at smaller ones
                  mode:str='bilinear', # `F.interpolate`'s mode ('bilinear' and 'bicubic' antialias when shrinking)
-                 valid:bool=False, # resize validation batches too (default: validate at the data's own size, the one that counts)
+                 valid:bool=False, # resize validation batches too (default: validate at the data's own size)
+                 patience:int|None=None, # also step up to the next size when `monitor` has not improved for this long
+                 monitor:str='valid_loss', # the recorded value watched for a plateau
+                 comp=None, # `np.less` or `np.greater`; None: `np.less` for a loss or error, else `np.greater`
                 ):
         if not sizes: raise ValueError("sizes is empty: give {epoch: size}, e.g. {0: 64, 4: 128}")
         self.sizes = {int(e): (s, s) if isinstance(s, int) else tuple(s) for e, s in sorted(sizes.items())}
         for e, s in self.sizes.items():
-            if e < 0 or len(s) != 2 or min(s) < 1: raise ValueError(f"sizes[{e}] = {sizes[e]}: epochs must be >= 0 and sizes positive ints or (h, w)")
-        store_attr('scale_bs,mode,valid')
+            if e < 0 or len(s) != 2 or min(s) < 1:
+                raise ValueError(f"sizes[{e}] = {sizes[e]}: epochs must be >= 0 and sizes positive ints or (h, w)")
+        if comp is None: comp = np.less if 'loss' in monitor or 'error' in monitor else np.greater
+        store_attr('scale_bs,mode,valid,patience,monitor,comp')
         self.run_valid, self.n_trained, self.size = valid, 0, None
+        self.early, self.best, self.wait = -1, None, 0 # the stage a plateau moved to, and the plateau's count
 
+    def stage_at(self, epoch:int) -> int:
+        "The index in `sizes` of `epoch`'s size (epochs counted over every fit; -1 before the first), plateaus too"
+        return max(sum(e <= epoch for e in self.sizes) - 1, self.early)
     def size_at(self, epoch:int):
         "The (h, w) of `epoch` (counted over every fit), or None for the data's own size"
-        keys = [e for e in self.sizes if e <= epoch]
-        return self.sizes[keys[-1]] if keys else None
+        i = self.stage_at(epoch)
+        return list(self.sizes.values())[i] if i >= 0 else None
 
     def before_fit(self):
         self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
-        self.bs = self.dls.train.bs
+        self.bs, self.n_read = self.dls.train.bs, 0
     def before_epoch(self): self.trained = False
     def before_train(self):
+        if self.patience is not None: self._plateau()
         self.trained, self.size = True, self.size_at(self.n_trained)
         if self.scale_bs:
             h, w = max(self.sizes.values(), key=lambda s: s[0] * s[1])
@@ -48,15 +58,36 @@ class ProgressiveResize(Callback):
             bs = round(self.bs * h * w / (self.size[0] * self.size[1])) if self.size else self.bs
             dl.bs = max(1, min(bs, dl.n)) if dl.n is not None else bs
     def after_epoch(self): self.n_trained += self.trained
+    def _plateau(self):
+        "Count the epochs `monitor` has not improved at this size; after `patience` of them, step up to the next size"
+        values = self.recorder.values # the epochs of this fit, recorded after this callback's `after_epoch`
+        if len(values) == self.n_read: return
+        self.n_read, names = len(values), list(self.recorder.metric_names[1:])
+        if self.monitor not in names: raise ValueError(f"monitor {self.monitor!r} is not recorded: {names[:-1]}")
+        v = values[-1][names.index(self.monitor)]
+        if self.best is None or self.comp(v, self.best): self.best, self.wait = v, 0
+        else: self.wait += 1
+        stage = self.stage_at(self.n_trained - 1)
+        if self.wait >= self.patience and stage < len(self.sizes) - 1:
+            self.early, self.best, self.wait = stage + 1, None, 0 # a new size starts a new count
     def before_batch(self):
         if self.size is None: return
         x, *rest = self.learn.xb
         if x.ndim != 4: raise ValueError(f"ProgressiveResize resizes image batches (N, C, H, W); the input has shape {tuple(x.shape)}")
-        if any(isinstance(y, TensorPoint) for y in self.learn.yb):
-            raise ValueError("ProgressiveResize leaves targets as they are; points and boxes (TensorPoint, TensorBBox) would need rescaling: resize the data instead")
-        if tuple(x.shape[-2:]) == self.size: return
+        if any(isinstance(y, TensorPoint) and not isinstance(y, TensorBBox) for y in self.learn.yb):
+            raise ValueError("ProgressiveResize scales boxes (TensorBBox, in pixels) with the images, but not points "
+                             "(TensorPoint): resize the data instead")
+        (h, w), (nh, nw) = x.shape[-2:], self.size
+        if (h, w) == (nh, nw): return
         self.learn.xb = (self._resize(x, self.mode), *rest)
-        self.learn.yb = tuple(self._resize(y[:, None].float(), 'nearest')[:, 0].to(y.dtype) if isinstance(y, TensorMask) else y for y in self.learn.yb)
+        self.learn.yb = tuple(self._target(y, nw / w, nh / h) for y in self.learn.yb)
+    def _target(self, y, fx, fy):
+        "A target at the new size: a mask resized (nearest), boxes (xyxy pixels) scaled, anything else as it is"
+        if isinstance(y, TensorMask): return self._resize(y[:, None].float(), 'nearest')[:, 0].to(y.dtype)
+        if not isinstance(y, TensorBBox): return y
+        y = y.clone(); y[..., 0::2] *= fx; y[..., 1::2] *= fy # Python factors: no host-to-device copy per batch
+        return y
     def _resize(self, x, mode): return F.interpolate(x, self.size, mode=mode, antialias=mode in ('bilinear', 'bicubic'))
     def after_fit(self):
         self.dls.train.bs, self.size = self.bs, None
+
