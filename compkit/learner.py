@@ -10,13 +10,14 @@ from torch import nn
 from fastcore.basics import ifnone
 from fastcore.foundation import L
 from fastai.learner import Learner
+from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy
 from fastai.data.transforms import Normalize
 from fastai.vision.learner import vision_learner
 import fastai.callback.schedule, fastai.callback.progress # `fine_tune`, `fit_one_cycle`, `lr_find` and progress bars on `Learner`
 
 # %% auto #0
-__all__ = ['head_splitter', 'timm_learner']
+__all__ = ['head_splitter', 'TorchOptimizer', 'TorchAdamW', 'timm_learner']
 
 # %% ../nbs/15_learner.ipynb #8e4f6eac
 def head_splitter(m:nn.Module) -> list:
@@ -24,6 +25,62 @@ def head_splitter(m:nn.Module) -> list:
     head = m.get_classifier() if hasattr(m, 'get_classifier') else list(m.children())[-1]
     in_head = {id(p) for p in head.parameters()}
     return [[p for p in m.parameters() if id(p) not in in_head], list(head.parameters())]
+
+# %% ../nbs/15_learner.ipynb #4f79ca1c
+def _halves(ps) -> list:
+    "`ps` as two torch groups: the >= 2-D parameters, then the 1-D ones (biases, normalization layers)"
+    return [{'params': [p for p in ps if (p.ndim <= 1) == one_d]} for one_d in (False, True)]
+
+class TorchOptimizer(OptimWrapper):
+    "fastai's `OptimWrapper` over torch's `opt`: fastai's groups and hypers; 1-D parameters undecayed unless `wd_bn_bias`"
+    def __init__(self,
+                 params, # the splitter's parameter groups (a list of lists), or one list of parameters
+                 opt, # a torch optimizer class (`torch.optim.AdamW`, ...), called with torch param groups and `kwargs`
+                 wd_bn_bias:bool=False, # decay biases and normalization layers' parameters (all 1-D) too
+                 **kwargs, # passed to `opt`, in torch's names (`lr`, `betas`, `weight_decay`, `fused`, ...)
+                ):
+        groups = L(params)
+        if not isinstance(groups[0], (L, list)): groups = [groups]
+        # fastai's group i is torch's groups 2i (>= 2-D) and 2i+1 (1-D): fastai's Learner marks BatchNorm and bias
+        # parameters `do_wd=False` in the optimizer's state, which a torch optimizer never reads
+        super().__init__(opt=opt([h for g in groups for h in _halves(g)], **kwargs))
+        self.wd_bn_bias = wd_bn_bias
+        self._no_decay()
+
+    def _no_decay(self):
+        if not self.wd_bn_bias:
+            for pg in self.opt.param_groups[1::2]: pg['weight_decay'] = 0.
+    @property
+    def hypers(self): return super().hypers[::2] # fastai's group i, read from its torch group 2i
+    def _set_hyper(self, k, v):
+        super()._set_hyper(k, [x for x in v for _ in (0, 1)])
+        if k == 'wd': self._no_decay()
+    @property
+    def param_lists(self):
+        pgs = self.opt.param_groups
+        return [a['params'] + b['params'] for a, b in zip(pgs[::2], pgs[1::2])]
+    @param_lists.setter
+    def param_lists(self, v):
+        for i, ps in enumerate(v):
+            for pg, h in zip(self.opt.param_groups[2 * i:2 * i + 2], _halves(ps)): pg['params'] = h['params']
+
+# the devices torch 2.14 has fused Adam kernels for (`torch.utils._foreach_utils._get_fused_kernels_supported_devices`)
+_FUSED = ('cuda', 'cpu', 'mps', 'xpu', 'hpu', 'mtia')
+
+def TorchAdamW(params, # parameter groups, as fastai's `Learner` passes them
+               lr:float=1e-3, # learning rate (a fit's schedule sets it)
+               mom:float=0.9, # β1, fastai's name (one-cycle schedules it)
+               sqr_mom:float=0.99, # β2: fastai's default (PyTorch's is 0.999)
+               eps:float=1e-5, # fastai's default (PyTorch's is 1e-8)
+               wd:float=0.01, # true (decoupled) weight decay, as fastai's `Adam` applies it
+               wd_bn_bias:bool=False, # decay biases and normalization layers too
+               fused:bool|None=None, # None: fused where torch has the kernel for the parameters' device, else foreach
+              ) -> TorchOptimizer:
+    "fastai's `Adam` (decoupled `wd`, fastai's defaults and hyper names) computed by PyTorch's `AdamW`, fused"
+    groups = [g if isinstance(g, (L, list)) else [g] for g in L(params)]
+    if fused is None: fused = all(p.device.type in _FUSED for g in groups for p in g)
+    return TorchOptimizer(params, torch.optim.AdamW, wd_bn_bias=wd_bn_bias, lr=lr, betas=(mom, sqr_mom), eps=eps,
+                          weight_decay=wd, fused=fused or None, foreach=None if fused else True)
 
 # %% ../nbs/15_learner.ipynb #96b96223
 def timm_learner(dls, # `DataLoaders` (compkit's `DeviceDataLoaders` or fastai's own)
@@ -35,10 +92,12 @@ def timm_learner(dls, # `DataLoaders` (compkit's `DeviceDataLoaders` or fastai's
                  n_in:int|None=None, # input channels (default: the data's); a pretrained stem is adapted to it
                  metrics=accuracy, # fastai metrics
                  splitter=None, # default: fastai's body/head split for timm names, `head_splitter` for modules
+                 opt_func=None, # fastai's `opt_func`; default `TorchAdamW` (fastai's `Adam` by torch's fused AdamW)
                  **kwargs, # passed to fastai's `vision_learner` (head and `Learner` options) or `Learner`
                 ) -> Learner:
     "A fastai `Learner` on `dls` for a timm model name (timm body + fastai head) or an `nn.Module`, weights from a local file"
     if n_in is None: n_in = dls.one_batch()[0].shape[1]
+    kwargs['opt_func'] = ifnone(opt_func, TorchAdamW)
     if not isinstance(arch, str):
         return Learner(dls, arch, metrics=metrics, splitter=ifnone(splitter, head_splitter), **kwargs)
     if weights is not None:

@@ -45,3 +45,12 @@ def test_named_benchmarks_only(tmp_path):
     assert '## fast' in (tmp_path/'B.md').read_text() and '## broken' not in (tmp_path/'B.md').read_text()
     r = report(tmp_path, 'nope')
     assert r.returncode != 0 and 'no benchmark nope' in r.stderr
+
+def test_fit_bench_smoke():
+    "bench/fit.py runs end to end on the CPU (a small model, two batches): its table has the floor and the four fits"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    r = subprocess.run([sys.executable, 'bench/fit.py', '--configs', 'resnet10t:16', '--max-batches', '2', '--reps', '1'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [l for l in r.stdout.splitlines() if l.startswith('| resnet10t, 16 | 2 + 1 |')]
+    assert len(rows) == 5 and rows[0].split(' | ')[4] == '1.00x', r.stdout   # the floor, then each fit against it

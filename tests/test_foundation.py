@@ -14,13 +14,13 @@ from compkit.core import seed_everything
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders, image_stats
 from compkit.augment import RandomPadCrop, RandomResizedCrop
-from compkit.learner import timm_learner
+from compkit.learner import timm_learner, TorchAdamW
 from compkit.classify.mixup import MixUp, CutMix
 from compkit.schedule.snapshot import SnapshotEnsemble
 from compkit.schedule.swa import SWA
 from compkit.schedule.tempering import Tempering
 from compkit.schedule.progressive import ProgressiveResize
-import compkit.precision, compkit.predict.tta # Learner.to_device_amp, tta10
+import compkit.precision, compkit.predict.tta, compkit.schedule.lr_find # Learner.to_device_amp, tta10, lr_find_bounds
 
 # ---- DeviceDataLoaders
 
@@ -204,6 +204,39 @@ def test_works_with_fastai_dataloaders(tmp_path):
     learn = timm_learner(fdls, 'resnet10t')
     with learn.no_bar(), learn.no_logging(): learn.fit(1)
     assert learn.model[0].model.conv1[0].in_channels == 3
+
+def state(learn): return {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
+
+def test_default_optimizer_freezes_finds_lrs_averages_snapshots_and_saves(dls, tmp_path):
+    "timm_learner's TorchAdamW (torch's fused AdamW behind fastai's OptimWrapper) in each of fastai's and compkit's uses"
+    learn = timm_learner(dls, 'resnet10t', path=tmp_path)
+    assert learn.opt_func is TorchAdamW
+    w = state(learn)
+    with learn.no_bar():
+        bounds = learn.lr_find_bounds(show_plot=False)
+        assert 0 < bounds.lr_min < bounds.lr_max
+        assert all(torch.equal(v, w[k]) for k, v in state(learn).items())   # the range test leaves the weights
+        learn.lr_find(show_plot=False)
+    learn.freeze()
+    body = learn.opt.param_lists[0]
+    before = [p.detach().clone() for p in body]
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    moved = [not torch.equal(p, b) for p, b in zip(body, before)]
+    assert not any(m for p, m in zip(body, moved) if p.ndim > 1)            # frozen body weights
+    assert any(m for p, m in zip(body, moved) if p.ndim == 1)               # its BatchNorm trains (fastai's train_bn)
+    learn.unfreeze()
+    assert all(p.requires_grad for p in learn.model.parameters())
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(2, slice(1e-4, 1e-3), cbs=SWA(start_pct=0.5))
+        assert [h['lr'] for h in learn.opt.hypers] == [learn.lr] * 2      # SWA put the optimizer's rates back
+        learn.fit_sgdr_snapshots(2, 1, lr_max=slice(1e-4, 1e-3))
+    assert len(learn.snapshots) == 2 and np.isfinite(learn.recorder.values[-1]).all()
+    learn.save('opt', with_opt=True)
+    saved = learn.opt.state_dict()
+    learn.create_opt(); learn.load('opt', with_opt=True)
+    for a, b in zip(saved['state'].values(), learn.opt.state_dict()['state'].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)                        # the optimizer's state round-trips
+    assert isinstance(learn.opt.opt, torch.optim.AdamW) and learn.opt.opt.defaults['fused']
 
 # ---- every callback under bfloat16 autocast and channels last (`to_device_amp`)
 
