@@ -16,24 +16,23 @@ from nbconvert.filters.markdown_mistune import markdown2html_mistune
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor, TagRemovePreprocessor
 from nbdev.config import get_config
 from nbdev.process import NBProcessor, Processor
-from nbdev.processors import FilterDefaults, add_show_docs, exec_show_docs
+from nbdev.doclinks import NbdevLookup
+from nbdev.processors import FilterDefaults, add_links, add_show_docs, exec_show_docs
 from nbdev.showdoc import BasicMarkdownRenderer, show_doc
 from pygments.formatters import HtmlFormatter
 
 SITE = Path(__file__).with_name('docs_site')  # page and cell templates, stylesheet
 
-# Sidebar sections. A dotted notebook name goes under its module prefix (20_callback.mixup -> Callbacks), an undotted
-# one under the last section whose number is at or below its own (10_data -> Foundation); the home page comes first.
-PREFIX_SECTIONS = {'callback': 'Callbacks', 'tutorial': 'Tutorials', 'tutorials': 'Tutorials'}
-NUMBER_SECTIONS = [(0, 'Foundation'), (20, 'Training tricks'), (80, 'Examples'), (90, 'Tutorials'), (99, 'API')]
+# The bands of the notebooks (issue 19): the first number of each band and its name. One map: the docs sidebar sections,
+# the README's rows and the package folders follow it. A notebook goes under the last band at or below its number.
+BANDS = [(0, 'Foundation'), (20, 'Classify'), (30, 'Boxes'), (40, 'Schedules'), (50, 'Prediction'), (60, 'Retrieval'),
+         (80, 'App'), (90, 'Tutorials'), (99, 'API')]
 
 def section(nb_path):
-    "The sidebar section of the notebook at `nb_path`, from its module prefix or its number (None: the home page)"
+    "The sidebar section (band) of the notebook at `nb_path`, from its number (None: the home page; 'Other': no number)"
     if nb_path.stem == 'index' and len(nb_path.parts) == 1: return None
-    m = re.match(r'(\d+)[a-zA-Z]*_(.+)', nb_path.stem)
-    name = m[2] if m else nb_path.stem
-    if '.' in name: prefix = name.split('.')[0]; return PREFIX_SECTIONS.get(prefix, prefix.replace('_', ' ').capitalize())
-    return [t for n, t in NUMBER_SECTIONS if n <= int(m[1])][-1] if m else 'Other'
+    m = re.match(r'(\d+)[a-zA-Z]*_', nb_path.stem)
+    return [t for n, t in BANDS if n <= int(m[1])][-1] if m else 'Other'
 
 class _BareSig(DocmentText):
     "fastcore's signature text without the docment comments: they go in the table under it"
@@ -123,8 +122,47 @@ class add_constant_docs(Processor):
                     entry.outputs = [dict(output_type='display_data', metadata={}, data={'text/markdown': f'---\n\n### {nm}\n\n```python\n{src}\n```'})]
                     self.nb.cells.insert(cell.idx_ + 1, entry)
 
+# A code span after "fastai's" names fastai's symbol (or method of `Learner`), even where compkit has a namesake
+_re_code = re.compile(r"(?<!\[)(fastai's\s+)?`([^`\s]+?)(\(\))?`(?!\])")
+
+class _Links:
+    """nbdev's doc links: compkit's names to their entries, other names fastai has to docs.fast.ai, `fastai's X` to fastai's.
+    A bare name that several fastai modules define (`encodes`, `decodes`) is linked only to fastai.data.core's (`show_batch`)."""
+    def __init__(self):
+        lib = get_config().lib_name
+        self.ours, self.fastai = NbdevLookup(strip_libs=(lib, 'fastai')), NbdevLookup(strip_libs=('fastai',), incl_libs=('fastai',))
+        mods = {}
+        for mod, syms in self.fastai.entries.get('fastai', {}).get('syms', {}).items():
+            for k in syms: mods.setdefault(k[len(mod)+1:], set()).add(mod)
+        self.ambiguous = {k: 'fastai.data.core' in v for k, v in mods.items() if len(v) > 1}
+    def _fastai(self, name):
+        if name in self.ambiguous: return self.fastai.doc(f'fastai.data.core.{name}') if self.ambiguous[name] else None
+        return self.fastai.doc(name)
+    def url(self, name, fastai=False):
+        if not fastai and (u := self.ours.doc(name)) and 'docs.fast.ai' not in u: return u
+        # after "fastai's", a bare name may be a `Learner` method (fastai's `tta`)
+        return next((u for n in (name, f'Learner.{name}')[:1 + fastai] if (u := self._fastai(n)) and 'docs.fast.ai' in u), None)
+    def sub(self, m):
+        u = self.url(m[2], fastai=bool(m[1]))
+        return m[0] if u is None else f"{m[1] or ''}[`{m[2]}{m[3] or ''}`]({u})"
+    def md(self, md):
+        "`md` with its code spans linked, outside fenced code"
+        parts = re.split(r'(^```.*?^```[^\n]*$)', md, flags=re.M | re.S)
+        return ''.join(p if i % 2 else _re_code.sub(self.sub, p) for i, p in enumerate(parts))
+
+class add_doc_links(Processor):
+    "Stands in for nbdev's `add_links`, whose lookup links `fastai's Normalize` to compkit's `Normalize` (see `_Links`)"
+    def begin(self): self.links = _Links()
+    def __call__(self, cell):
+        if cell.cell_type == 'markdown': cell.source = self.links.md(cell.source)
+        for o in cell.get('outputs', []):
+            if 'text/markdown' in o.get('data', {}):
+                md = o['data']['text/markdown']
+                o['data']['text/markdown'] = self.links.md(''.join(md))
+
 def _procs():
-    procs = [show_docs_from_modules if p is exec_show_docs else p for p in FilterDefaults().procs()]
+    swap = {exec_show_docs: show_docs_from_modules, add_links: add_doc_links}
+    procs = [swap.get(p, p) for p in FilterDefaults().procs()]
     return [join_summary] + procs[:procs.index(add_show_docs)+1] + [add_constant_docs] + procs[procs.index(add_show_docs)+1:]
 
 def _quarto_opts(src):
