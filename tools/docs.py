@@ -183,6 +183,9 @@ def _for_nbconvert(nb):
             if opts.get('output') == 'false': c['outputs'] = []
             if opts.get('echo') == 'false' or not c['source'].strip(): md.setdefault('tags', []).append('remove_input')
             if opts.get('code-fold') in ('true', 'show'): md.update(code_fold=opts['code-fold'], code_summary=opts.get('code-summary', 'Code'))
+            # a figure's alt text is its Quarto `fig-alt`, else its caption `fig-cap` (shown under it, as Quarto does)
+            if opts.get('fig-alt') or opts.get('fig-cap'): md['alt'] = opts.get('fig-alt') or opts['fig-cap']
+            if opts.get('fig-cap'): md['fig_cap'] = opts['fig-cap']
             c.pop('has_sd', None)
         cells.append(c)
     node = nbformat.reads(json.dumps(dict(nb2dict(nb), cells=cells)), as_version=4)   # reads joins the outputs' lines
@@ -228,6 +231,30 @@ def _local_refs(body):
     for u in re.findall(r'(?:src|href)="([^"#?]+)', body):
         if not urlsplit(u).scheme and not u.startswith('//') and not u.endswith('.html'): yield unquote(u)
 
+def _text(html_body):
+    "The words a reader sees in `html_body`: no tags, scripts, styles or anchor marks, whitespace collapsed"
+    s = re.sub(r'<(script|style)\b.*?</\1>', ' ', html_body, flags=re.S | re.I)
+    s = re.sub(r'<(?:/?(?:p|div|li|ul|ol|pre|br|hr|table|tr|td|th|h\d|blockquote|details|summary)\b)[^>]*>', ' ', s, flags=re.I)
+    return re.sub(r'\s+', ' ', html.unescape(re.sub(r'<[^>]+>', '', s)).replace('¶', '')).strip()
+
+def search_entries(page):
+    "The search index entries of `page`: one per part under an h2/h3 heading (and one for the text above the first)"
+    parts = re.split(r'(<h[23] id="[^"]*">.*?</h[23]>)', page.html_body, flags=re.S)
+    entries = [dict(t=page.title, s='', h=page.file, x=_text(parts[0]))]
+    for head, body in zip(parts[1::2], parts[2::2]):
+        m = re.match(r'<h[23] id="([^"]*)">(.*?)</h[23]>', head, re.S)
+        entries.append(dict(t=page.title, s=_text(m[2]), h=f'{page.file}#{m[1]}', x=_text(body)))
+    return [e for e in entries if e['s'] or e['x']]
+
+def write_search_index(pages, out):
+    """The offline search index, `search-index.js` (a script rather than JSON, so that the search box works on pages
+    opened from disk, where browsers refuse to fetch files), and the client, `search.js`"""
+    index = [e for p in pages for e in search_entries(p)]
+    (out/'search-index.js').write_text('window.SEARCH_INDEX = ' + json.dumps(index, ensure_ascii=False, separators=(',', ':')) + ';\n',
+                                       encoding='utf-8')
+    shutil.copy(SITE/'search.js', out/'search.js')
+    return index
+
 def build(out=None):
     "Build the site from the notebooks of the project we are in (nbdev reads its settings.ini) into `out`; returns the pages"
     cfg = get_config()
@@ -269,6 +296,7 @@ def build(out=None):
             src, dst = (nbs/p.source).parent/ref, (out/p.file).parent/ref
             if src.is_file(): dst.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(src, dst)
     (out/'site.css').write_text((SITE/'site.css').read_text() + HtmlFormatter(style='friendly').get_style_defs('.highlight'))
+    write_search_index(pages, out)
     return pages
 
 def _defines(mod, nm):
