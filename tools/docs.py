@@ -169,7 +169,23 @@ def _quarto_opts(src):
     "The Quarto options (`#| echo: false`) that nbdev leaves at the top of a code cell's `src`, and the code without them"
     lines = src.splitlines(keepends=True)
     n = next((i for i, l in enumerate(lines) if not l.lstrip().startswith('#|')), len(lines))
-    return {m[1]: m[2].strip('"\'') for l in lines[:n] if (m := re.match(r'\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$', l))}, ''.join(lines[n:])
+    try: opts = yaml.safe_load(''.join(re.sub(r'^\s*#\|\s?', '', l) for l in lines[:n]))   # a list value (`fig-cap:`, `- ...`)
+    except yaml.YAMLError: opts = None
+    if not isinstance(opts, dict):
+        opts = {m[1]: m[2].strip('"\'') for l in lines[:n] if (m := re.match(r'\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$', l))}
+    return {k: str(v).lower() if isinstance(v, bool) else v for k, v in opts.items()}, ''.join(lines[n:])
+
+def _figures(cell, opts):
+    """A figure's caption is its cell's Quarto `fig-cap` (a list: one per figure of the cell), shown under it as Quarto
+    does; its alt text is `fig-alt`, else the caption"""
+    imgs = [o for o in cell.get('outputs', []) if any(k.startswith('image/') for k in o.get('data', {}))]
+    per = lambda v: (v if isinstance(v, list) else [v] * len(imgs)) if v else [None] * len(imgs)
+    for o, cap, alt in zip(imgs, per(opts.get('fig-cap')), per(opts.get('fig-alt'))):
+        md = o.setdefault('metadata', {})
+        if cap: md['fig_cap'] = re.sub(r'`([^`]+)`', r'<code>\1</code>', html.escape(str(cap)))
+        if alt or cap:
+            for k in o['data']:
+                if k.startswith('image/'): md.setdefault(k, {})['alt'] = str(alt or cap).replace('`', '')
 
 def _for_nbconvert(nb):
     "nbdev's processed notebook as an nbformat node, with the Quarto cell options it relies on applied"
@@ -183,9 +199,7 @@ def _for_nbconvert(nb):
             if opts.get('output') == 'false': c['outputs'] = []
             if opts.get('echo') == 'false' or not c['source'].strip(): md.setdefault('tags', []).append('remove_input')
             if opts.get('code-fold') in ('true', 'show'): md.update(code_fold=opts['code-fold'], code_summary=opts.get('code-summary', 'Code'))
-            # a figure's alt text is its Quarto `fig-alt`, else its caption `fig-cap` (shown under it, as Quarto does)
-            if opts.get('fig-alt') or opts.get('fig-cap'): md['alt'] = opts.get('fig-alt') or opts['fig-cap']
-            if opts.get('fig-cap'): md['fig_cap'] = opts['fig-cap']
+            _figures(c, opts)
             c.pop('has_sd', None)
         cells.append(c)
     node = nbformat.reads(json.dumps(dict(nb2dict(nb), cells=cells)), as_version=4)   # reads joins the outputs' lines
