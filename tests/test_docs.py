@@ -1,7 +1,7 @@
 """The docs site (`make docs`): built from the notebooks' stored outputs without running them, served on 127.0.0.1,
 opened in headless Chromium: each page's title, sidebar and public names, no broken internal link or image, nothing
 loaded from the network, a screenshot of each page. New notebooks are picked up from nbs/ with no change here."""
-import base64, importlib.util, json, os, re, shutil, subprocess, sys, threading
+import base64, html, importlib.util, json, os, re, shutil, subprocess, sys, threading
 from functools import partial
 from html.parser import HTMLParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -14,9 +14,7 @@ from PIL import Image
 
 ROOT = Path(__file__).parents[1]
 NBS = sorted(p for p in (ROOT/'nbs').rglob('*.ipynb') if not any(s.startswith(('.', '_')) for s in p.relative_to(ROOT/'nbs').parts))
-# The issue asks for the home, MixUp and TTA pages by name: until a branch with them is merged, they are skipped
-WANTED = {'mixup': 'MixUp', 'tta': 'TTA'}
-PAGES = [p.relative_to(ROOT/'nbs').as_posix() for p in NBS] + [f'absent:{n}' for k, n in WANTED.items() if not any(k in p.stem.lower() for p in NBS)]
+PAGES = [p.relative_to(ROOT/'nbs').as_posix() for p in NBS]
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
                   '--disable-component-update', '--disable-sync', '--window-size=1280,900']
 
@@ -105,7 +103,6 @@ def nb_title(nb):
 
 @pytest.mark.parametrize('nb', PAGES)
 def test_page_in_chromium(nb, site, server, chromium, shots, tmp_path):
-    if nb.startswith('absent:'): pytest.skip(f'no {nb[7:]} notebook on this branch yet (nbs/*{nb[7:].lower()}*.ipynb): its page is checked once merged')
     assert nb in site.pages, f'nbs/{nb} has no page in the site'
     file = site.pages[nb]
     dom = Html(browse(chromium, server + file, tmp_path/'profile', '--dump-dom'))
@@ -180,9 +177,73 @@ def test_new_notebooks_are_picked_up_not_run_and_checked(tmp_path):
     assert re.search(r'section-title">Foundation</div>\s*<ul>\s*<li><a href="core.html"', home)
     assert re.search(r'section-title">Tutorials</div>\s*<ul>\s*<li><a href="tutorial.fake.html"', home)
 
-def test_sections_follow_numbers_and_prefixes():
+def test_sections_are_the_bands():
+    "A notebook's sidebar section is its number's band (the map of package folders, test files and README rows)"
     section = _docs_tool().section
-    test = {'index.ipynb': None, '00_core.ipynb': 'Foundation', '10_data.ipynb': 'Foundation', '20_callback.mixup.ipynb': 'Callbacks',
-            '30_losses.box.ipynb': 'Losses', '40_tta.ipynb': 'Training tricks', '80_demo.ipynb': 'Examples',
-            '90_tutorial.mixup.ipynb': 'Tutorials', '91_digits_end_to_end.ipynb': 'Tutorials', '99_all.ipynb': 'API', 'notes.ipynb': 'Other'}
+    test = {'index.ipynb': None, '00_core.ipynb': 'Foundation', '17_precision.ipynb': 'Foundation',
+            '20_classify.mixup.ipynb': 'Classify', '30_box.ops.ipynb': 'Boxes', '44_schedule.ema.ipynb': 'Schedules',
+            '53_predict.cv.ipynb': 'Prediction', '62_retrieval.search.ipynb': 'Retrieval', '80_demo.ipynb': 'App',
+            '90_tutorial.mixup.ipynb': 'Tutorials', '91_digits_end_to_end.ipynb': 'Tutorials', '99_all.ipynb': 'API',
+            'notes.ipynb': 'Other'}
     assert {k: section(Path(k)) for k in test} == test
+
+def test_one_h1_per_page_and_no_hash_titles(site):
+    "Each page has one H1, its title; prose kept in `# ` comments renders as a stack of H1s titled '# ...'"
+    bad = {}
+    for src, file in site.pages.items():
+        text = (site.out/file).read_text()
+        page, title = Html(text), re.search(r'<title>(.*?)</title>', text, re.S)[1]
+        h1s = page.heads.get('h1', [])
+        if len(h1s) != 1 or title.lstrip().startswith('#') or h1s[0].lstrip().startswith('#'): bad[src] = (title, h1s)
+    assert not bad, bad
+
+def _search_index(site):
+    js = (site.out/'search-index.js').read_text(encoding='utf-8')
+    return json.loads(re.fullmatch(r'window\.SEARCH_INDEX = (.*);\s*', js, re.S)[1])
+
+def test_search_index_covers_every_page(site):
+    "The offline index has entries for every page, each linking to a part of it that exists"
+    index, ids = _search_index(site), {f: Html((site.out/f).read_text()).ids for f in site.pages.values()}
+    assert {e['h'].split('#')[0] for e in index} == set(site.pages.values())
+    assert not [e['h'] for e in index if '#' in e['h'] and e['h'].split('#', 1)[1] not in ids[e['h'].split('#')[0]]]
+    assert all(e['t'] and (e['s'] or e['x']) for e in index)
+
+def _results(dom):
+    "The links and text of the search box's results in a page's DOM"
+    ul = re.search(r'<ul id="search-results"[^>]*>(.*?)</ul>', dom, re.S)[1]
+    return re.findall(r'<a href="([^"]*)"', ul), Html(ul).all_text
+
+def test_search_in_chromium(site, server, chromium, tmp_path):
+    "The search box in the browser (`?q=` searches on load): a name's entry first, all words must occur, a miss says so"
+    search = lambda page, q: _results(browse(chromium, f'{server}{page}?q={q}', tmp_path/'p', '--dump-dom'))
+    hrefs, _ = search('index.html', 'tta10')
+    assert hrefs[0] == 'predict.tta.html#learner.tta10', hrefs
+    hrefs, text = search('tutorial.tta.html', 'snapshot+ensemble+tta10')
+    index = {e['h']: (e['t'] + ' ' + e['s'] + ' ' + e['x']).lower() for e in _search_index(site)}
+    assert hrefs and all(all(w in index[h] for w in ('snapshot', 'ensemble', 'tta10')) for h in hrefs)
+    assert len(hrefs) < len([h for h, t in index.items() if 'snapshot' in t])   # all words, not any
+    _, text = search('core.html', 'zqxj+nothing')
+    assert 'No results for' in text
+
+def test_fastai_names_link_to_fastai_docs(site):
+    "A name after \"fastai's\" links to docs.fast.ai despite a compkit namesake, as fastai names compkit lacks do"
+    pages = {f: (site.out/f).read_text() for f in site.pages.values()}
+    after = [(f, u) for f, h in pages.items() for u in re.findall(r"fastai's\s+<a href=\"([^\"]*)\"", h)]
+    assert len(after) > 10 and not [a for a in after if not a[1].startswith('https://docs.fast.ai/')], after
+    link = lambda url, name: f'<a href="{url}"><code>{name}</code></a>'
+    normalize = link('https://docs.fast.ai/data.transforms.html#normalize', 'Normalize')
+    assert f"fastai's {normalize}" in pages['augment.html']
+    assert any(link('augment.html#normalize', 'Normalize') in h for h in pages.values())  # compkit's own
+    assert any(link('https://docs.fast.ai/learner.html#learner', 'Learner') in h for h in pages.values())
+
+def test_figures_have_alt_text_from_captions(site):
+    "Every figure has its caption under it and as its alt text (the cell's `#| fig-cap`), not nbconvert's placeholder"
+    bad = []
+    for f in site.pages.values():
+        text = (site.out/f).read_text()
+        for img, cap in re.findall(r'(<img [^>]*>)\s*</div>\s*(<div class="figcaption">.*?</div>)?', text, re.S):
+            alt = re.search(r'alt="([^"]*)"', img)
+            if not alt or not alt[1].strip() or 'No description' in alt[1] or not cap: bad.append(f'{f}: {img[:80]}')
+            elif html.unescape(alt[1]) != html.unescape(re.sub(r'<[^>]+>', '', cap)).strip():
+                bad.append(f'{f}: {alt[1]}')
+    assert not bad, bad

@@ -126,11 +126,12 @@ class add_constant_docs(Processor):
 _re_code = re.compile(r"(?<!\[)(fastai's\s+)?`([^`\s]+?)(\(\))?`(?!\])")
 
 class _Links:
-    """nbdev's doc links: compkit's names to their entries, other names fastai has to docs.fast.ai, `fastai's X` to fastai's.
-    A bare name that several fastai modules define (`encodes`, `decodes`) is linked only to fastai.data.core's (`show_batch`)."""
+    """nbdev's doc links: compkit's names to their entries, other names fastai has to docs.fast.ai, `fastai's X` to
+    fastai's. A bare name several fastai modules define (`encodes`) links only to fastai.data.core's (`show_batch`)."""
     def __init__(self):
         lib = get_config().lib_name
-        self.ours, self.fastai = NbdevLookup(strip_libs=(lib, 'fastai')), NbdevLookup(strip_libs=('fastai',), incl_libs=('fastai',))
+        self.ours = NbdevLookup(strip_libs=(lib, 'fastai'))
+        self.fastai = NbdevLookup(strip_libs=('fastai',), incl_libs=('fastai',))
         mods = {}
         for mod, syms in self.fastai.entries.get('fastai', {}).get('syms', {}).items():
             for k in syms: mods.setdefault(k[len(mod)+1:], set()).add(mod)
@@ -141,7 +142,8 @@ class _Links:
     def url(self, name, fastai=False):
         if not fastai and (u := self.ours.doc(name)) and 'docs.fast.ai' not in u: return u
         # after "fastai's", a bare name may be a `Learner` method (fastai's `tta`)
-        return next((u for n in (name, f'Learner.{name}')[:1 + fastai] if (u := self._fastai(n)) and 'docs.fast.ai' in u), None)
+        names = (name, f'Learner.{name}')[:1 + fastai]
+        return next((u for n in names if (u := self._fastai(n)) and 'docs.fast.ai' in u), None)
     def sub(self, m):
         u = self.url(m[2], fastai=bool(m[1]))
         return m[0] if u is None else f"{m[1] or ''}[`{m[2]}{m[3] or ''}`]({u})"
@@ -169,7 +171,8 @@ def _quarto_opts(src):
     "The Quarto options (`#| echo: false`) that nbdev leaves at the top of a code cell's `src`, and the code without them"
     lines = src.splitlines(keepends=True)
     n = next((i for i, l in enumerate(lines) if not l.lstrip().startswith('#|')), len(lines))
-    try: opts = yaml.safe_load(''.join(re.sub(r'^\s*#\|\s?', '', l) for l in lines[:n]))   # a list value (`fig-cap:`, `- ...`)
+    # YAML, for a list value (`fig-cap: [a, b]`)
+    try: opts = yaml.safe_load(''.join(re.sub(r'^\s*#\|\s?', '', l) for l in lines[:n]))
     except yaml.YAMLError: opts = None
     if not isinstance(opts, dict):
         opts = {m[1]: m[2].strip('"\'') for l in lines[:n] if (m := re.match(r'\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$', l))}
@@ -248,7 +251,8 @@ def _local_refs(body):
 def _text(html_body):
     "The words a reader sees in `html_body`: no tags, scripts, styles or anchor marks, whitespace collapsed"
     s = re.sub(r'<(script|style)\b.*?</\1>', ' ', html_body, flags=re.S | re.I)
-    s = re.sub(r'<(?:/?(?:p|div|li|ul|ol|pre|br|hr|table|tr|td|th|h\d|blockquote|details|summary)\b)[^>]*>', ' ', s, flags=re.I)
+    blocks = r'<(?:/?(?:p|div|li|ul|ol|pre|br|hr|table|tr|td|th|h\d|blockquote|details|summary)\b)[^>]*>'
+    s = re.sub(blocks, ' ', s, flags=re.I)
     return re.sub(r'\s+', ' ', html.unescape(re.sub(r'<[^>]+>', '', s)).replace('¶', '')).strip()
 
 def search_entries(page):
@@ -264,8 +268,8 @@ def write_search_index(pages, out):
     """The offline search index, `search-index.js` (a script rather than JSON, so that the search box works on pages
     opened from disk, where browsers refuse to fetch files), and the client, `search.js`"""
     index = [e for p in pages for e in search_entries(p)]
-    (out/'search-index.js').write_text('window.SEARCH_INDEX = ' + json.dumps(index, ensure_ascii=False, separators=(',', ':')) + ';\n',
-                                       encoding='utf-8')
+    js = json.dumps(index, ensure_ascii=False, separators=(',', ':'))
+    (out/'search-index.js').write_text(f'window.SEARCH_INDEX = {js};\n', encoding='utf-8')
     shutil.copy(SITE/'search.js', out/'search.js')
     return index
 
