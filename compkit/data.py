@@ -290,12 +290,14 @@ class DeviceDataLoaders(DataLoaders):
         return cls.from_tensors(images_from_arrays(x, size, method), y, method=method, **kwargs)
 
     @classmethod
-    def from_df(cls, df, path='.', fn_col=0, label_col=1, valid_col=None, size=224, method='letterbox', channels=None, vocab=None, **kwargs):
+    def from_df(cls, df, path='.', fn_col=0, label_col=1, valid_col=None, size=224, method='letterbox', channels=None, vocab=None,
+                cache=True, cache_dir=None, **kwargs):
         "Loaders from a DataFrame of image files (`fn_col`, relative to `path`) and labels, read and fitted to `size` once"
+        # the fitted set is cached on disk for the next run (`load_images`'s `cache`, `cache_dir`)
         col = lambda c: df.iloc[:, c] if isinstance(c, int) else df[c]
         y, vocab = class_labels(list(col(label_col)), vocab) # before reading any file: a bad label fails fast
         if valid_col is not None: kwargs['valid_idx'] = np.flatnonzero(col(valid_col).to_numpy(bool))
-        x = load_images([Path(path)/f for f in col(fn_col)], size, method, channels)
+        x = load_images([Path(path)/f for f in col(fn_col)], size, method, channels, cache, cache_dir)
         return cls.from_tensors(x, y, vocab=vocab, method=method, path=path, **kwargs)
 
     @classmethod
@@ -313,10 +315,12 @@ class DeviceDataLoaders(DataLoaders):
                 items, # uint8 images: a tensor/array (N,...) or a list of arrays, tensors (C,H,W) or image files
                 labels=None, # optional class labels, for `get_preds` with targets
                 rm_type_tfms=None, # accepted for fastai's `Learner.predict`; unused
+                size:int|tuple|None=None, # fit the images to this size instead (a global-pooling model can test larger)
                 **kwargs): # passed to `DeviceDL.new`
-        "A loader for new images, fitted to the training size as at ingest, with the validation transforms"
+        "A loader for new images, fitted to the training size (or `size`) as at ingest, with the validation transforms"
         ds = self.valid_ds
-        size, channels = tuple(ds.x.shape[-2:]), ds.x.shape[1]
+        size = tuple(ds.x.shape[-2:]) if size is None else (size, size) if isinstance(size, int) else tuple(size)
+        channels = ds.x.shape[1]
         items = items if isinstance(items, (np.ndarray, torch.Tensor)) else list(items)
         is_file = lambda o: isinstance(o, (str, Path))
         x = load_images(items, size, ds.method, channels) if len(items) and all(map(is_file, items)) else images_from_arrays(items, size, ds.method)

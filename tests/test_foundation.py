@@ -5,6 +5,7 @@ import math, pickle
 import numpy as np, pandas as pd, pytest, timm, torch
 from torch import nn
 from PIL import Image
+from sklearn.datasets import load_sample_images
 from fastai.vision.all import (Learner, accuracy, CrossEntropyLossFlat, aug_transforms, load_learner,
                                ClassificationInterpretation, ImageDataLoaders, Resize)
 from fastai.callback.core import Callback
@@ -127,6 +128,30 @@ def test_same_images_as_fastai_pipeline(tmp_path):
     x_ours = ours.test_dl(files).one_batch()[0].cpu()
     x_fa = fa.test_dl(files[:4]).one_batch()[0].cpu()
     assert torch.allclose(x_ours, x_fa, atol=1/255 + 1e-6)
+
+def test_from_folder_loads_again_from_the_cache_until_a_file_changes(tmp_path, monkeypatch):
+    "A second run decodes nothing, same set; a changed file is decoded again; a corrupt one caches nothing"
+    import compkit.ingest as ingest
+    photos = load_sample_images().images
+    for i in range(12):
+        (tmp_path/'img'/str(i % 2)).mkdir(parents=True, exist_ok=True)
+        crop = photos[i % 2][i * 20:i * 20 + 300, i * 30:i * 30 + 400]
+        Image.fromarray(crop).save(tmp_path/'img'/str(i % 2)/f'{i}.jpg', quality=90)
+    def load(**kw): return DeviceDataLoaders.from_folder(tmp_path/'img', size=32, valid_pct=0.25, seed=0,
+                                                         cache_dir=tmp_path/'c', **kw)
+    first, real, decoded = load(), ingest._read, []
+    monkeypatch.setattr(ingest, '_read', lambda p, *a: (decoded.append(p.name), real(p, *a))[1])
+    assert torch.equal(load().train_ds.x, first.train_ds.x) and decoded == []
+    f = tmp_path/'img'/'1'/'3.jpg'
+    Image.fromarray(photos[0][:300, :400]).save(f, quality=90)
+    changed = load()
+    assert '3.jpg' in decoded and len(decoded) <= 2      # the changed file, and the first (it gives the shape)
+    fresh = load(cache=False)
+    assert torch.equal(changed.valid_ds.x, fresh.valid_ds.x) and torch.equal(changed.train_ds.x, fresh.train_ds.x)
+    f.write_bytes(f.read_bytes()[:2000])
+    n = len(list((tmp_path/'c').iterdir()))
+    with pytest.raises(ValueError, match='3.jpg'): load()
+    assert len(list((tmp_path/'c').iterdir())) == n   # nothing cached, no partial file left
 
 # bad input: a clear error naming the item, at creation
 
