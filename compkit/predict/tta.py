@@ -34,23 +34,30 @@ class TenCrop:
                  size:int|tuple|None=None, # crop size, int or (h, w); None: `img_size`, the size the model trained at
                  scale:float=1., # resize the images by this factor before cropping (>1: test larger than you trained)
                  flip:str|None='horizontal', # the last five views are crops of the image flipped 'horizontal'ly or 'vertical'ly; None: five views
+                 crops:bool=True, # False: no crops, the whole image resized (to `size`, else by `scale`) and its flip
                 ):
         if flip not in ('horizontal', 'vertical', None): raise ValueError(f"flip must be 'horizontal', 'vertical' or None, not {flip!r}")
         self.img_size = H, W = tuple(int(s) for s in img_size)
         self.scaled, self.size, self.scale, self.flip = (round(H * scale), round(W * scale)), _pair(ifnone(size, (H, W))), scale, flip
+        self.crops = crops
+        # one view: the whole image, resized
+        if not crops: self.scaled = self.size = self.scaled if size is None else self.size
         (Hs, Ws), (h, w) = self.scaled, self.size
         if h > Hs or w > Ws: raise ValueError(f"crop size {(h, w)} is larger than the {Hs}x{Ws} image ({H}x{W} at scale {scale}): pass a smaller size or a larger scale")
         corners = [(0, 0), (0, Ws - w), (Hs - h, 0), (Hs - h, Ws - w), (int(round((Hs - h) / 2)), int(round((Ws - w) / 2)))] # torchvision's order and rounding
+        if not crops: corners = corners[:1]
         self.views = [(t, l, flipped) for flipped in ((False,) if flip is None else (False, True)) for t, l in corners]
 
     def __len__(self): return len(self.views)
-    def name(self, i): return self.names[i % 5] + (f' {self.flip[0]}-flip' if self.views[i][2] else '')
+    def name(self, i):
+        return (self.names[i % 5] if self.crops else 'whole') + (f' {self.flip[0]}-flip' if self.views[i][2] else '')
 
     def rescale(self, x:torch.Tensor) -> torch.Tensor:
         "The float images `x` (N, C, H, W) resized by `scale` (bilinear; antialiased when shrinking): what the crops are cut from"
         if tuple(x.shape[-2:]) != self.img_size: raise ValueError(f"images are {tuple(x.shape[-2:])} but this TenCrop is for {self.img_size}")
         if self.scaled == self.img_size: return x
-        return F.interpolate(x, size=self.scaled, mode='bilinear', align_corners=False, antialias=self.scale < 1)
+        shrinks = self.scaled[0] < self.img_size[0] or self.scaled[1] < self.img_size[1]
+        return F.interpolate(x, size=self.scaled, mode='bilinear', align_corners=False, antialias=shrinks)
 
     def crop(self, xs:torch.Tensor, i:int) -> torch.Tensor:
         "View `i` of the rescaled images `xs`, a slice (a flipped copy for the flipped views)"
@@ -105,15 +112,17 @@ def _gathered(dl, b):
 
 class _ViewBatches:
     "The batches of `dl` as chunks of `chunk` views, one forward pass each; `cur` says which batch and views are in flight"
-    def __init__(self, dl, n_inp, chunk, size, scale, flip): store_attr()
-    def __len__(self): return len(self.dl) * math.ceil((5 if self.flip is None else 10) / self.chunk)
+    def __init__(self, dl, n_inp, chunk, size, scale, flip, crops=True): store_attr()
+    def __len__(self):
+        return len(self.dl) * math.ceil((5 if self.crops else 1) * (1 if self.flip is None else 2) / self.chunk)
     def __iter__(self):
         targs = []
         for bi, b in enumerate(self.dl):
             x = b[0]
             targs.append(_gathered(self.dl, b[self.n_inp:]))
-            tc = TenCrop(x.shape[-2:], self.size, self.scale, self.flip)
-            if tc.size == tc.scaled: raise ValueError(f"the {tc.size[0]}x{tc.size[1]} crops are the whole {tc.scaled[0]}x{tc.scaled[1]} image at scale {self.scale}, so the five crops are the same: pass scale>1 (e.g. 8/7, ImageNet's 256/224) or a smaller size")
+            tc = TenCrop(x.shape[-2:], self.size, self.scale, self.flip, self.crops)
+            if tc.crops and tc.size == tc.scaled:
+                raise ValueError(f"the {tc.size[0]}x{tc.size[1]} crops are the whole {tc.scaled[0]}x{tc.scaled[1]} image at scale {self.scale}, so the five crops are the same: pass scale>1 (e.g. 8/7, ImageNet's 256/224) or a smaller size")
             xs = tc.rescale(x)
             for v in range(0, len(tc), self.chunk):
                 self.cur = bi, tc, range(v, min(v + self.chunk, len(tc))), len(x)
@@ -152,12 +161,12 @@ class _MergeViews(Callback):
             res.append(tuple(views) if self.tuple_out else views[0])
         return tuple(res)
 
-def _auto_chunk(learn, dl, max_mem, size, scale, flip):
+def _auto_chunk(learn, dl, max_mem, size, scale, flip, crops=True):
     "Views per forward pass: 1 on the CPU, where 10 passes at the loader's batch size are the fastest; on a GPU as many as fit in `max_mem` of its free memory, measured on one view"
     dev = next(learn.model.parameters()).device
     if dev.type != 'cuda': return 1
     x = dl.one_batch()[0]
-    tc = TenCrop(x.shape[-2:], size, scale, flip)
+    tc = TenCrop(x.shape[-2:], size, scale, flip, crops)
     torch.cuda.synchronize(dev); torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
     with torch.no_grad(): learn.model.eval()(tc.crop(tc.rescale(x.to(dev)), 0))
@@ -200,6 +209,7 @@ def tta10(self:Learner,
           merge:str='mean', # how the views' activated predictions merge: 'mean', 'gmean' (geometric mean) or 'max'
           with_views:bool=False, # also return every view's predictions, (n_views, N, ...), boxes mapped back
           flip:str|None='horizontal', # the last five views flip 'horizontal'ly or 'vertical'ly; None: the five crops only
+          crops:bool=True, # False: the whole image resized (to `size`, else by `scale`) and its flip
           chunk:int|None=None, # views per forward pass; None: 1 on the CPU, on a GPU as many as fit in `max_mem`
           max_mem:float=0.5, # the fraction of the GPU's free memory a forward pass may use, when `chunk` is None
           act=None, # applied to the model's output before merging; default the loss's `activation`, as `get_preds` does
@@ -214,8 +224,8 @@ def tta10(self:Learner,
     if getattr(dl, 'shuffle', False) or getattr(dl, 'drop_last', False): dl = dl.new(shuffle=False, drop_last=False)
     if callable(models) and not isinstance(models, nn.Module): models = models()
     models = [None] if models is None else [models] if isinstance(models, (nn.Module, dict, str, Path)) else list(models)
-    chunk = ifnone(chunk, _auto_chunk(self, dl, max_mem, size, scale, flip))
-    batches = _ViewBatches(dl, n_inp, chunk, size, scale, flip)
+    chunk = ifnone(chunk, _auto_chunk(self, dl, max_mem, size, scale, flip, crops))
+    batches = _ViewBatches(dl, n_inp, chunk, size, scale, flip, crops)
     cb = _MergeViews(batches, merge, ifnone(act, getcallable(self.loss_func, 'activation')), L(box_out), with_views)
     with self.validation_context(cbs=[cb]):
         mb = models
@@ -239,7 +249,8 @@ def show_tta10(self:Learner,
     one = dl.new(get_idxs=lambda: idxs)
     first = lambda o: o[0] if isinstance(o, tuple) else o # of several outputs (or targets), the first
     b = one.one_batch()
-    tc = TenCrop(b[0].shape[-2:], kwargs.get('size'), kwargs.get('scale', _SCALE), kwargs.get('flip', 'horizontal'))
+    tc = TenCrop(b[0].shape[-2:], kwargs.get('size'), kwargs.get('scale', _SCALE), kwargs.get('flip', 'horizontal'),
+                 kwargs.get('crops', True))
     p, t, v = map(first, self.tta10(dl=one, with_views=True, **kwargs))
     v = v.unflatten(0, (-1, len(tc))).mean(0) # with several `models`, their views come one model after the other
     views = one.decode((TensorImage(torch.cat([tc.crop(tc.rescale(b[0]), i) for i in range(len(tc))])),))[0]
