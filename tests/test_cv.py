@@ -110,3 +110,14 @@ def test_groups_never_straddle():
     res = cross_validate(lambda dls: Learner(dls, SmallNet(10), metrics=accuracy), D, 3, fit=fit1, seed=0, groups=groups)
     for t, v in res.splits: assert not set(groups[t].tolist()) & set(groups[v].tolist())
     assert sorted(torch.cat([v for _, v in res.splits]).tolist()) == list(range(len(D.y)))
+
+def test_oof_pass_skipped_only_when_weights_unchanged():
+    "The OOF part is the last validation pass's when nothing changed the weights after it; a change after it is seen"
+    def fit_then_change(learn):
+        fit1(learn)
+        with torch.no_grad(): learn.model.body[0].weight.mul_(1.5) # e.g. a callback loading other weights after the last epoch
+    for f in (fit1, fit_then_change):
+        res = cross_validate(lambda dls: Learner(dls, SmallNet(10), metrics=accuracy), D, 3, fit=f, seed=0)
+        learn = Learner(fold_dataloaders(device_dataset(D), *res.splits[0], seed=0), SmallNet(10))
+        learn.model.load_state_dict(res.models[0])
+        assert torch.allclose(res.oof[res.splits[0][1]], preds_of(learn)[0], atol=1e-5)

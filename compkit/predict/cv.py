@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from fastcore.basics import ifnone, getcallable, detuplify, noop
-from fastai.torch_core import to_detach
+from fastai.torch_core import to_detach, to_concat
+from fastai.callback.core import Callback
 from fastai.learner import mk_metric, save_model
 from ..core import seed_everything, atomic_write
 from ..data import DeviceDL
@@ -108,12 +109,12 @@ class CVResult:
 
     def table(self) -> pd.DataFrame:
         "Per fold: items trained on and validated, seconds and score; then the mean ± std of the fold scores and the out-of-fold score"
-        rows = {f'fold {k}': [len(self.splits[k][0]), len(p['valid_idx']), p['secs'], p['score']] for k, p in self.parts.items()}
-        df = pd.DataFrame.from_dict(rows, orient='index', columns=['train', 'valid', 'seconds', self.metric_name])
-        s = df[self.metric_name].astype(float)
-        df.loc['mean ± std'] = [None, None, df['seconds'].sum(), f'{s.mean():.4f} ± {s.std(ddof=0):.4f}']
-        df.loc['out-of-fold'] = [None, int(df['valid'][:-1].sum()), None, self.score]
-        return df.astype({'train': 'Int64', 'valid': 'Int64'})
+        s, secs = np.array(self.scores, dtype=float), [p['secs'] for p in self.parts.values()]
+        rows = [[len(self.splits[k][0]), len(p['valid_idx']), p['secs'], p['score']] for k, p in self.parts.items()]
+        rows += [[None, None, sum(secs), f'{s.mean():.4f} ± {s.std():.4f}'], [None, int((self.fold >= 0).sum()), None, self.score]]
+        index = [f'fold {k}' for k in self.parts] + ['mean ± std', 'out-of-fold']
+        df = pd.DataFrame(rows, index=index, columns=['train', 'valid', 'seconds', self.metric_name])
+        return df.astype({'train': 'Int64', 'valid': 'Int64', 'seconds': float}).round({'seconds': 1})
     def __repr__(self):
         s = np.array(self.scores, dtype=float)
         return (f"CVResult({len(self.parts)}/{len(self.splits)} folds of {self.n} items: {self.metric_name} {s.mean():.4f} ± {s.std():.4f} "
@@ -182,6 +183,26 @@ def _predict(learn, dl, tta):
         if snaps: return learn.snapshot_preds(dl=dl)
         return learn.get_preds(dl=dl)
 
+def _versions(model): return tuple(t._version for t in model.state_dict(keep_vars=True).values())
+
+class _LastValid(Callback):
+    "Keep the activated predictions of the latest pass over `dls.valid`, and the weights' version counters at its end"
+    def before_fit(self): self.res = None
+    def before_validate(self): self.preds, self.targs = [], []
+    def after_batch(self):
+        if self.training or self.learn.dl is not self.dls.valid or not hasattr(self.learn, 'pred'): return
+        self.preds.append(self.learn.to_detach(self.pred)); self.targs.append(self.learn.to_detach(self.yb))
+    def after_validate(self):
+        if self.learn.dl is not self.dls.valid or not self.preds: return
+        act = getcallable(self.loss_func, 'activation') # as `get_preds` activates
+        self.res = (act(to_concat(self.preds)), detuplify(to_concat(self.targs))), self.learn.model, _versions(self.learn.model)
+
+    def valid_preds(self, learn):
+        "The last validation pass's predictions, if `learn`'s model has not changed since (no step, no weights loaded or swapped)"
+        if self.res is None: return None
+        res, model, versions = self.res
+        return res if model is learn.model and versions == _versions(model) and len(res[0]) == len(learn.dls.valid_ds) else None
+
 def _test_dl(learn, test):
     "`test` as a loader of this fold's `dls`: images go through `test_dl`; a `DeviceDL` gets this fold's transforms (its normalization)"
     if isinstance(test, DeviceDL): return learn.dls.valid.new(test.dataset, shuffle=False, drop_last=False)
@@ -239,8 +260,13 @@ def cross_validate(make_learner, # `make_learner(dls)` → a fresh `Learner` on 
         dls = fold_dataloaders(ds, *splits[k], seed=seed + k, **dls_kwargs)
         learn = make_learner(dls)
         if path is not None: learn.path = Path(path)/f'fold_{k}' # snapshots written to disk go under the fold's folder
-        fit(learn)
-        preds, targs = _predict(learn, dls.valid, tta)
+        last = _LastValid()
+        learn.add_cb(last)
+        try: fit(learn)
+        finally: learn.remove_cb(last)
+        # the OOF part is the last validation pass's predictions when no step has changed the weights since: no extra pass
+        snaps = getattr(learn, 'snapshots', None)
+        preds, targs = (None if tta or snaps else last.valid_preds(learn)) or _predict(learn, dls.valid, tta)
         test_preds = None if test is None else _plain(_predict(learn, _test_dl(learn, test), tta)[0])
         if metric0 is None and learn.metrics: metric0 = learn.metrics[0]
         loss0 = ifnone(loss0, learn.loss_func)
