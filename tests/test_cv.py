@@ -13,6 +13,7 @@ from compkit.loss.box import mean_iou, paired_box_iou
 from compkit.box.model import box_learner
 from compkit.callback.snapshot import SnapshotEnsemble # `fit_sgdr_snapshots`
 import compkit.tta
+from compkit.pseudo import pseudo_labels, pseudo_dataloaders
 
 D = digits(16)
 
@@ -121,3 +122,16 @@ def test_oof_pass_skipped_only_when_weights_unchanged():
         learn = Learner(fold_dataloaders(device_dataset(D), *res.splits[0], seed=0), SmallNet(10))
         learn.model.load_state_dict(res.models[0])
         assert torch.allclose(res.oof[res.splits[0][1]], preds_of(learn)[0], atol=1e-5)
+
+def test_pseudo_labels_on_a_fold():
+    "`pseudo_labels` takes the fold ensemble's test predictions; `pseudo_dataloaders` appends to a fold's index view"
+    res = cross_validate(lambda dls: Learner(dls, SmallNet(10), metrics=accuracy), (D.x[100:], D.y[100:]), 3, fit=fit1, seed=0,
+                         test=D.x[:100])
+    pl = pseudo_labels(res.test_preds, 0.0)
+    assert torch.equal(pl.probs, res.test_preds) and torch.equal(pl.y, res.test_preds.argmax(1))
+    dls = fold_dataloaders(device_dataset((D.x[100:], D.y[100:])), *res.splits[0], seed=0)
+    dls2 = pseudo_dataloaders(dls, D.x[:100], pl)
+    n = len(dls.train_ds)
+    xb, yb = dls2.train_ds.items(torch.arange(n, n + 100, device=dls.train_ds.x.device))
+    assert len(dls2.train_ds) == n + 100 and torch.equal(xb.cpu(), D.x[:100]) and torch.equal(yb.cpu(), pl.y)
+    assert torch.equal(dls2.train_ds.items(torch.arange(5))[0].cpu(), dls.train_ds.items(torch.arange(5))[0].cpu())
