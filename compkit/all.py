@@ -9,11 +9,11 @@ __all__ = ['MODULES']
 import importlib
 # The public modules in band order (foundation, classify, boxes, schedules, prediction, retrieval): the one list
 # `from compkit.all import *` is built from
-MODULES = ('core', 'ingest', 'datasets', 'augment', 'data', 'learner', 'precision',
+MODULES = ('core', 'ingest', 'datasets', 'augment', 'data', 'folds', 'learner', 'precision',
            'classify.mixup', 'classify.multihead', 'classify.metrics',
            'box.ops', 'box.losses', 'box.data', 'box.model',
            'schedule.lr_find', 'schedule.snapshot', 'schedule.swa', 'schedule.tempering', 'schedule.progressive',
-           'predict.tta', 'predict.ensemble', 'predict.pseudo',
+           'predict.tta', 'predict.ensemble', 'predict.pseudo', 'predict.cv',
            'retrieval.heads', 'retrieval.sampling', 'retrieval.search')
 __all__ = []
 for _name in MODULES:

@@ -16,6 +16,7 @@ from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders, image_stats
 from compkit.augment import RandomPadCrop, RandomResizedCrop
 from compkit.learner import timm_learner, TorchAdamW
+from compkit.folds import kfold_splits, device_dataset, fold_dataloaders
 from compkit.classify.mixup import MixUp, CutMix
 from compkit.schedule.snapshot import SnapshotEnsemble
 from compkit.schedule.swa import SWA
@@ -189,6 +190,34 @@ def test_label_outside_vocab_in_df(tmp_path):
     save_folder(tmp_path, [np.zeros((8, 8), np.uint8)] * 2)
     df = pd.DataFrame({'fn': ['c/0.png', 'c/1.png'], 'label': ['cat', 'cow']})
     with pytest.raises(ValueError, match="label 1 \\('cow'\\)"): DeviceDataLoaders.from_df(df, path=tmp_path, size=8, vocab=['cat', 'dog'])
+
+# ---- folds
+
+def test_fold_loaders_equal_from_tensors_loaders():
+    "A fold's loaders (index views of one set) give the batches and the training of loaders built from that split's copies"
+    train_idx, valid_idx = kfold_splits(D.y, 5, seed=0)[2]
+    a = fold_dataloaders(device_dataset(D), train_idx, valid_idx, bs=64, seed=1, batch_tfms=[RandomPadCrop(2)])
+    b = DeviceDataLoaders.from_tensors(D.x, D.y, valid_idx=valid_idx, bs=64, seed=1, batch_tfms=[RandomPadCrop(2)])
+    for dl_a, dl_b in zip(a.loaders, b.loaders):
+        seed_everything(0); batches = list(dl_a) # the augmentations draw from the global generator: the same seed for both
+        seed_everything(0)
+        for (xa, ya), (xb, yb) in zip(batches, dl_b): assert torch.allclose(xa, xb, atol=1e-5) and torch.equal(ya, yb)
+    res = []
+    for dls in (a, b):
+        seed_everything(0)
+        learn = cnn_learner(dls)
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-2)
+        res.append([float(v) for v in learn.validate()])
+    assert res[0] == pytest.approx(res[1], abs=1e-4)
+
+def test_fold_images_kept_on_the_host():
+    "Above `max_device_bytes` the whole set stays in host memory and the folds still gather from it"
+    ds = device_dataset(D, max_device_bytes=0)
+    train_idx, valid_idx = kfold_splits(D.y, 3, seed=0)[0]
+    dls = fold_dataloaders(ds, train_idx, valid_idx, bs=64, seed=0)
+    assert ds.x.device.type == 'cpu' and dls.valid_ds.x is ds.x
+    xb, yb = dls.valid.one_batch()
+    assert torch.equal(yb.cpu(), D.y[valid_idx[:64]]) and xb.shape == (64, 1, 16, 16)
 
 # ---- timm_learner
 

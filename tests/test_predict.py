@@ -1,7 +1,9 @@
 """The prediction band on real learners: tta10 (views against torchvision, box round trips, chunking, merges, scale on
 a trained digits model, fastai's own loaders and callbacks); ensembles (tta predictions, fitted weights against equal
 ones, rank averages); pseudo-labelling end to end (an ensemble's predictions, combined
-loaders, retraining, PK on top)."""
+loaders, retraining, PK on top).
+Cross-validation with real fastai training: multi-head, multi-label and box targets, snapshots and TTA per fold,
+folds run apart and merged, pseudo-labels from the fold ensemble."""
 import itertools, warnings
 import numpy as np, pytest, torch, torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
@@ -20,6 +22,17 @@ from compkit.retrieval.sampling import pk_dataloaders
 from compkit.predict.tta import TenCrop, ten_crop_views
 from compkit.predict.ensemble import ensemble_preds, fit_weights, learners_preds, _log_loss
 from compkit.predict.pseudo import pseudo_labels, pseudo_dataloaders
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy, accuracy_multi
+from fastai.vision.core import TensorBBox
+from compkit.datasets import digit_boxes
+from compkit.folds import device_dataset, fold_dataloaders
+from compkit.classify.multihead import MultiHeadLoss
+from compkit.box.ops import paired_box_iou
+from compkit.box.model import box_learner
+from compkit.schedule.snapshot import SnapshotEnsemble # `fit_sgdr_snapshots`
+from compkit.predict.cv import cross_validate, CVResult
 
 # ---- tta10
 
@@ -219,3 +232,119 @@ def test_bad_predictions_refused(setup):
     with pytest.raises(ValueError, match='logits'): pseudo_labels(torch.randn(len(unlab), 10))
     with pytest.raises(ValueError, match='classes'): pseudo_dataloaders(dls, tdl, pseudo_labels(torch.full((len(unlab), 4), 0.25)))
     with pytest.raises(ValueError, match='made for'): pseudo_dataloaders(dls, d.x[unlab[:-1]], pseudo_labels(torch.full((len(unlab), 10), 0.1)))
+
+# ---- cross-validation
+
+CV_D = digits(16)
+
+class CVNet(nn.Module):
+    "A small CNN with one linear head per entry of `n_outs`: a tensor for one head, a tuple for several"
+    def __init__(self, *n_outs, c_in=1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c_in, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1),
+                                  nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.heads = nn.ModuleList(nn.Linear(128, n) for n in n_outs)
+    def forward(self, x):
+        f = self.body(x)
+        return self.heads[0](f) if len(self.heads) == 1 else tuple(h(f) for h in self.heads)
+
+def fit_1(learn, lr=1e-2):
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, lr)
+
+def cv_preds(learn, dl=None):
+    with learn.no_bar(): return learn.get_preds(dl=dl)
+
+def test_cv_multi_head():
+    def head0_accuracy(preds, y1, y2): return accuracy(preds[0], y1)
+    make = lambda dls: Learner(dls, CVNet(10, 2), loss_func=MultiHeadLoss([CrossEntropyLossFlat(), CrossEntropyLossFlat()]),
+                               metrics=head0_accuracy)
+    res = cross_validate(make, (CV_D.x, (CV_D.y, CV_D.y % 2)), 3, fit=fit_1, seed=0, test=CV_D.x[:30])
+    oof, targs = res.oof, res.targs
+    assert isinstance(oof, tuple) and [o.shape for o in oof] == [(len(CV_D.y), 10), (len(CV_D.y), 2)]
+    assert torch.equal(targs[0], CV_D.y) and torch.equal(targs[1], CV_D.y % 2)
+    assert res.score == pytest.approx(float((oof[0].argmax(1) == CV_D.y).float().mean()))
+    for o in oof: assert torch.allclose(o.sum(1), torch.ones(len(CV_D.y)), atol=1e-5) # each head softmaxed
+    assert [p.shape for p in res.test_preds] == [(30, 10), (30, 2)]
+    assert torch.allclose(res.test_preds[1], sum(p[1] for p in res.test_fold_preds) / 3)
+
+def test_cv_multi_label_stratified_and_submission(tmp_path):
+    pytest.importorskip('iterstrat')
+    y = torch.stack([CV_D.y % 2 == 0, CV_D.y < 3, CV_D.y == 7], 1).float()
+    res = cross_validate(lambda dls: Learner(dls, CVNet(3), metrics=accuracy_multi), (CV_D.x, y), 3, fit=fit_1, seed=0,
+                         test=CV_D.x[:5], vocab=['even', 'small', 'seven'])
+    assert res.oof.shape == (len(y), 3) and ((res.oof >= 0) & (res.oof <= 1)).all()
+    for _, v in res.splits: assert ((y[v].sum(0) - y.sum(0) * len(v) / len(y)).abs() <= 1).all() # each label spread evenly
+    assert res.score == pytest.approx(float(((res.oof > 0.5) == res.targs.bool()).float().mean()), abs=1e-6)
+    df = res.submission(range(5), tmp_path/'sub.csv')
+    want = [' '.join(n for n, p in zip(['even', 'small', 'seven'], r) if p > 0.5) for r in res.test_preds.tolist()]
+    assert df['label'].fillna('').tolist() == want
+
+def test_cv_boxes_with_tta():
+    B = digit_boxes(32, n=300, seed=0)
+    body = lambda: nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
+    made = []
+    def make(dls): made.append(box_learner(dls, body())); return made[-1]
+    res = cross_validate(make, (B.x, TensorBBox(B.y)), 3, fit=lambda l: fit_1(l, 3e-3), seed=0, tta=dict(box_out=0, scale=1.25))
+    assert res.oof.shape == (300, 4) and res.metric_name == 'mean_iou'
+    assert res.score == pytest.approx(float(paired_box_iou(res.oof, B.y).mean()), abs=1e-5) # mIoU of the OOF boxes
+    for learn, (_, v) in zip(made, res.splits): # each fold's OOF boxes are its model's 10-crop boxes, mapped back
+        with learn.no_bar(): p, _ = learn.tta10(box_out=0, scale=1.25)
+        assert torch.allclose(res.oof[v], p, atol=1e-4)
+
+def test_cv_snapshots_per_fold():
+    made = []
+    def make(dls): made.append(Learner(dls, CVNet(10), metrics=accuracy)); return made[-1]
+    def fit(learn):
+        with learn.no_bar(), learn.no_logging(): learn.fit_sgdr_snapshots(2, 1, 2e-2, 1e-3)
+    res = cross_validate(make, CV_D, 3, fit=fit, seed=0, test=CV_D.x[:40])
+    for learn, (_, v), tp in zip(made, res.splits, res.test_fold_preds):
+        assert len(learn.snapshots) == 2
+        oof, test = [], []
+        for s in learn.snapshots: # the hand average of each snapshot's get_preds
+            learn.model.load_state_dict(s)
+            oof.append(cv_preds(learn)[0]); test.append(cv_preds(learn, learn.dls.test_dl(CV_D.x[:40]))[0])
+        assert torch.allclose(res.oof[v], sum(oof) / 2, atol=1e-5) and torch.allclose(tp, sum(test) / 2, atol=1e-5)
+
+def test_cv_folds_run_apart_merge(tmp_path):
+    make = lambda dls: Learner(dls, CVNet(10), metrics=accuracy)
+    kw = dict(n_splits=3, fit=fit_1, seed=3, test=CV_D.x[:20], bs=64)
+    whole = cross_validate(make, CV_D, **kw)
+    part = cross_validate(make, CV_D, **kw, path=tmp_path, folds=[2]) # as two processes would, one per GPU
+    assert part.done == [2] and not part.complete
+    cross_validate(make, CV_D, **kw, path=tmp_path, folds=[0, 1])
+    res = CVResult.load(tmp_path)
+    assert res.complete and torch.allclose(res.oof, whole.oof, atol=1e-6) and res.score == pytest.approx(whole.score)
+    assert torch.allclose(res.test_preds, whole.test_preds, atol=1e-6) and all(p.is_file() for p in res.models)
+    learn = make(fold_dataloaders(device_dataset(CV_D), *res.splits[1], seed=0)) # a saved fold model predicts its OOF part
+    learn.load(res.models[1].with_suffix(''), with_opt=False)
+    assert torch.allclose(cv_preds(learn)[0], res.oof[res.splits[1][1]], atol=1e-5)
+
+def test_cv_groups_never_straddle():
+    groups = torch.arange(len(CV_D.y)) // 20 # runs of 20 consecutive scans
+    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), CV_D, 3, fit=fit_1, seed=0, groups=groups)
+    for t, v in res.splits: assert not set(groups[t].tolist()) & set(groups[v].tolist())
+    assert sorted(torch.cat([v for _, v in res.splits]).tolist()) == list(range(len(CV_D.y)))
+
+def test_cv_oof_pass_skipped_only_when_weights_unchanged():
+    "The OOF part is the last validation pass's when nothing changed the weights after it; a change after it is seen"
+    def fit_then_change(learn):
+        fit_1(learn)
+        with torch.no_grad(): learn.model.body[0].weight.mul_(1.5) # e.g. a callback loading other weights after the last epoch
+    for f in (fit_1, fit_then_change):
+        res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), CV_D, 3, fit=f, seed=0)
+        learn = Learner(fold_dataloaders(device_dataset(CV_D), *res.splits[0], seed=0), CVNet(10))
+        learn.model.load_state_dict(res.models[0])
+        assert torch.allclose(res.oof[res.splits[0][1]], cv_preds(learn)[0], atol=1e-5)
+
+def test_cv_pseudo_labels_on_a_fold():
+    "`pseudo_labels` takes the fold ensemble's test predictions; `pseudo_dataloaders` appends to a fold's index view"
+    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), (CV_D.x[100:], CV_D.y[100:]), 3, fit=fit_1, seed=0,
+                         test=CV_D.x[:100])
+    pl = pseudo_labels(res.test_preds, 0.0)
+    assert torch.equal(pl.probs, res.test_preds) and torch.equal(pl.y, res.test_preds.argmax(1))
+    dls = fold_dataloaders(device_dataset((CV_D.x[100:], CV_D.y[100:])), *res.splits[0], seed=0)
+    dls2 = pseudo_dataloaders(dls, CV_D.x[:100], pl)
+    n = len(dls.train_ds)
+    xb, yb = dls2.train_ds.items(torch.arange(n, n + 100, device=dls.train_ds.x.device))
+    assert len(dls2.train_ds) == n + 100 and torch.equal(xb.cpu(), CV_D.x[:100]) and torch.equal(yb.cpu(), pl.y)
+    assert torch.equal(dls2.train_ds.items(torch.arange(5))[0].cpu(), dls.train_ds.items(torch.arange(5))[0].cpu())

@@ -17,7 +17,7 @@ from ..core import seed_everything, atomic_write
 from ..data import DeviceDL
 from ..folds import kfold_splits, device_dataset, fold_dataloaders
 import fastai.callback.schedule, fastai.callback.progress # `fit_one_cycle` (the default `fit`), `no_bar`
-import compkit.tta # `Learner.tta10`
+import compkit.predict.tta # `Learner.tta10`
 
 # %% auto #0
 __all__ = ['CVResult', 'cross_validate']
