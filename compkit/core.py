@@ -8,10 +8,13 @@ import os, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 import torch, torch.distributed as dist
+from torch import nn
 from fastai.torch_core import set_seed
+from fastai.callback.schedule import LRFinder
 
 # %% auto #0
-__all__ = ['seed_everything', 'get_device', 'device_generator', 'atomic_write', 'rank_world', 'from_rank0', 'barrier']
+__all__ = ['seed_everything', 'draw_seed', 'get_device', 'device_generator', 'atomic_write', 'kept_state', 'rank_world',
+           'from_rank0', 'barrier', 'lr_find_or_preds']
 
 # %% ../nbs/00_core.ipynb #98946f64
 _seedings = 0 # how many times `seed_everything` has run
@@ -26,6 +29,11 @@ def seed_everything(seed:int, # seeds python's `random`, numpy, torch and every 
     if deterministic: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
+# %% ../nbs/00_core.ipynb #fef8a2f7
+def draw_seed() -> int:
+    "A seed for a new generator, drawn from torch's global generator: `seed_everything` fixes it; each call differs"
+    return int(torch.randint(2**62, ()))
+
 # %% ../nbs/00_core.ipynb #e061cfef
 def get_device(device:str|torch.device|None=None, # an explicit choice wins
               ) -> torch.device:
@@ -39,7 +47,7 @@ def device_generator(device:str|torch.device, # where the generator draws
                      seed:int|None=None, # None: draw the seed from torch's global generator
                     ) -> torch.Generator:
     "A `torch.Generator` on `device` seeded with `seed`, or from torch's global generator so that `seed_everything` fixes it"
-    if seed is None: seed = int(torch.randint(2**62, ()))
+    if seed is None: seed = draw_seed()
     return torch.Generator(device=torch.device(device)).manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #842b24b3
@@ -56,6 +64,15 @@ def atomic_write(path:str|Path, # the file to write
         os.replace(tmp, path) # atomic on POSIX and Windows: readers see the old file or the new one, never half of one
     finally:
         if os.path.exists(tmp): os.remove(tmp)
+
+# %% ../nbs/00_core.ipynb #8c1831c9
+@contextmanager
+def kept_state(model:nn.Module, # the model whose weights and buffers are put back
+              ):
+    "Put `model`'s `state_dict` (weights and buffers, copied on entry) back on leaving the block, however it ends"
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try: yield saved
+    finally: model.load_state_dict(saved)
 
 # %% ../nbs/00_core.ipynb #85e21272
 def rank_world() -> tuple:
@@ -74,3 +91,11 @@ def barrier():
     "Wait until every rank gets here (nothing to wait for outside a process group)"
     if rank_world()[1] > 1: dist.barrier()
 
+
+# %% ../nbs/00_core.ipynb #0e66cd30
+def lr_find_or_preds(learn, # a fastai `Learner`
+                    ) -> bool:
+    "Whether `learn` is running an lr range test (`lr_find`, `lr_find_bounds`) or gathering predictions (`get_preds`)"
+    # both run fastai's fit events: a callback that shapes training (a schedule, a mix, a resize) stands aside in them
+    if hasattr(learn, 'lr_finder') or hasattr(learn, 'gather_preds'): return True
+    return any(isinstance(cb, LRFinder) for cb in learn.cbs) # an `LRFinder` of another name

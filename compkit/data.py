@@ -17,7 +17,7 @@ from fastai.distributed import DistributedTrainer, DistributedDL
 from fastai.losses import CrossEntropyLossFlat, BCEWithLogitsLossFlat
 from fastai.data.transforms import Category, MultiCategory, CategoryMap, get_image_files
 import fastai.vision.data # registers `show_batch` and `show_results` for `TensorImage` batches
-from .core import get_device, device_generator, rank_world, from_rank0
+from .core import get_device, device_generator, draw_seed, rank_world, from_rank0
 from .ingest import fit_image, check_image, class_labels, load_images, images_from_arrays
 from .datasets import TensorSet
 from .augment import IntToFloatTensor, Normalize # fastai's, without per-element type dispatch
@@ -97,7 +97,7 @@ class DeviceDL(TfmdDL):
                  **kwargs): # passed to fastai's `TfmdDL`: `after_batch`, `device`, ...
         kwargs['num_workers'] = 0 # batches are gathered on the device: no worker processes
         super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, **kwargs)
-        self.sampler, self.seed = sampler, ifnone(seed, int(torch.randint(2**62, ())))
+        self.sampler, self.seed = sampler, ifnone(seed, draw_seed())
 
     @property
     def gen(self):
@@ -220,7 +220,7 @@ def split_idxs(n, valid_pct=0.2, seed=None, valid_idx=None):
     "Train and valid index tensors: `valid_idx` if given (checked), else a seeded random `valid_pct` of `n`"
     if n == 0: raise ValueError("the image set is empty")
     if valid_idx is None:
-        valid_idx = torch.randperm(n, generator=torch.Generator().manual_seed(ifnone(seed, int(torch.randint(2**62, ())))))[:round(n*valid_pct)]
+        valid_idx = torch.randperm(n, generator=torch.Generator().manual_seed(ifnone(seed, draw_seed())))[:round(n*valid_pct)]
     valid_idx = torch.as_tensor(np.asarray(valid_idx), dtype=torch.long).flatten()
     if len(valid_idx) and (valid_idx.min() < 0 or valid_idx.max() >= n): raise ValueError(f"valid_idx must be in 0..{n-1}; it holds {int(valid_idx.max() if valid_idx.max() >= n else valid_idx.min())}")
     is_valid = torch.zeros(n, dtype=torch.bool); is_valid[valid_idx] = True
@@ -260,7 +260,7 @@ class DeviceDataLoaders(DataLoaders):
         tfms = [IntToFloatTensor()] + ([Normalize(*(t.view(1, -1, 1, 1).to(device) for t in image_stats(train_ds.x)))] if normalize else [])
         sampler = (None if oversample is False else WeightedSampler.balanced(train_ds.ys[0]) if oversample is True else WeightedSampler(oversample))
         train = DeviceDL(train_ds, bs=bs, shuffle=True, drop_last=len(train_ds) > bs, sampler=sampler, device=device,
-                         seed=ifnone(seed, int(torch.randint(2**62, ()))), after_batch=tfms + L(batch_tfms))
+                         seed=ifnone(seed, draw_seed()), after_batch=tfms + L(batch_tfms))
         res = cls(train, train.new(valid_ds, bs=ifnone(val_bs, bs), shuffle=False, drop_last=False, sampler=None), path=path, device=device)
         res.storage = 'host' if on_host else 'device'
         return res

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from fastcore.basics import store_attr, ifnone
 from fastai.learner import AvgMetric, Recorder
 from fastai.callback.core import Callback
+from ..core import lr_find_or_preds
 from .ops import _plain, _inter_areas, paired_box_iou
 
 # %% auto #0
@@ -104,7 +105,7 @@ class BoxLossSwitch(Callback):
                  monitor:str='mean_iou'): # the name of the metric compared with `thresh`
         if thresh is None and at_epoch is None: raise ValueError("give a `thresh` on the valid metric, an `at_epoch`, or both")
         store_attr('thresh,at_epoch,monitor'); self.composite, self.switch_epoch = ifnone(composite, CompositeBoxLoss()), None
-    def before_fit(self): self.run, self.old_loss = not hasattr(self, 'lr_finder') and not hasattr(self, 'gather_preds'), None
+    def before_fit(self): self.run, self.old_loss = not lr_find_or_preds(self.learn), None
     def before_train(self):
         if self.old_loss is None: self._start()
         if self.at_epoch is not None and self.epoch >= self.at_epoch: self._switch(self.epoch)

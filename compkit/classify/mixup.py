@@ -13,8 +13,8 @@ from fastai.vision.core import TensorPoint
 from fastai.layers import NoneReduce
 from fastai.callback.core import Callback
 from fastai.callback.training import GradientAccumulation
-from fastai.callback.schedule import LRFinder
 from fastai.callback.mixup import reduce_loss
+from ..core import lr_find_or_preds
 
 # %% auto #0
 __all__ = ['cutmix_weights', 'MixUpCutMix', 'MixUp', 'CutMix']
@@ -71,8 +71,8 @@ class MixUpCutMix(Callback):
         self.lam = self.yb1 = None
 
     def before_fit(self):
-        "Off inside `lr_find`: the learning rate is chosen on the batches the model is judged by"
-        self.run, self.lam, self.yb1 = not any(isinstance(cb, LRFinder) for cb in self.learn.cbs), None, None
+        "Off inside `lr_find` (the learning rate is chosen on the batches the model is judged by) and `get_preds`"
+        self.run, self.lam, self.yb1 = not lr_find_or_preds(self.learn), None, None
         if self.mode == 'elem' and not _can_unreduce(self.learn.loss_func):
             raise ValueError(f"mode='elem' needs a loss that can give one value per item (a `reduction` attribute or argument); {self.learn.loss_func!r} has none: use mode='batch'")
 

@@ -18,6 +18,7 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner, load_model
 import fastai.callback.progress # progress bars on `Learner`, as `get_preds` shows them
+from ..core import kept_state
 
 # %% auto #0
 __all__ = ['TenCrop', 'ten_crop_views']
@@ -191,11 +192,9 @@ def _predicting_with(learn, m, i):
         try: yield
         finally: learn.model = old
         return
-    saved = {k: v.clone() for k, v in learn.model.state_dict().items()}
-    try:
+    with kept_state(learn.model):
         _load(learn.model, m, i, dev)
         yield
-    finally: learn.model.load_state_dict(saved)
 
 # %% ../../nbs/50_predict.tta.ipynb #3dad5f36
 _SCALE = 8/7 # ImageNet's 10-crop protocol: resize 256, crop 224

@@ -14,7 +14,7 @@ from fastcore.basics import patch, tuplify
 from fastai.learner import Learner
 from fastai.callback.core import CancelFitException
 from fastai.callback.schedule import LRFinder, ParamScheduler, SuggestionMethod
-from ..core import rank_world, from_rank0
+from ..core import rank_world, from_rank0, kept_state
 
 # %% auto #0
 __all__ = ['lr_bounds']
@@ -63,16 +63,15 @@ class _BoundsFinder(LRFinder):
 @contextmanager
 def _kept(learn):
     "Put `learn`'s weights, train/eval modes, optimizer, RNGs and loaders' shuffle state back as they were, bit for bit, in memory"
-    weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
     modes = [m.training for m in learn.model.modules()]
     opt = None if learn.opt is None else copy.deepcopy(learn.opt.state_dict())
     py, np_ = random.getstate(), np.random.get_state()
     gen_state = lambda dl: None if getattr(dl, '_gen', None) is None else dl._gen.get_state()
     dls = [(dl, copy.deepcopy(getattr(dl, 'rng', None)), gen_state(dl)) for dl in learn.dls.loaders]
+    cuda = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
     try:
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []): yield
+        with kept_state(learn.model), torch.random.fork_rng(devices=cuda): yield
     finally:
-        learn.model.load_state_dict(weights)
         for m, t in zip(learn.model.modules(), modes): m.training = t
         if opt is None: learn.opt = None
         else: learn.opt.load_state_dict(opt)

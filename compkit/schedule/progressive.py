@@ -10,6 +10,7 @@ from fastai.torch_core import TensorMask
 from fastai.vision.core import TensorPoint, TensorBBox
 from fastai.callback.core import Callback
 from fastai.callback.mixup import MixHandler
+from ..core import lr_find_or_preds
 
 # %% auto #0
 __all__ = ['ProgressiveResize']
@@ -46,7 +47,7 @@ class ProgressiveResize(Callback):
         return list(self.sizes.values())[i] if i >= 0 else None
 
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
+        self.run = not lr_find_or_preds(self.learn)
         self.bs, self.n_read = self.dls.train.bs, 0
     def before_epoch(self): self.trained = False
     def before_train(self):

@@ -14,7 +14,7 @@ from fastai.torch_core import get_model, find_bs
 from fastai.learner import Learner, Recorder, save_model, load_model
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
-from ..core import atomic_write, rank_world, barrier
+from ..core import kept_state, lr_find_or_preds, atomic_write, rank_world, barrier
 
 # %% auto #0
 __all__ = ['SnapshotEnsemble']
@@ -43,7 +43,7 @@ class SnapshotEnsemble(Callback):
         return {e - 1: i for i, e in enumerate(itertools.accumulate(lens))}
 
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
+        self.run = not lr_find_or_preds(self.learn)
         self.learn.snapshots, self.first = self.snapshots, len(self.snapshots)
     def before_epoch(self): self.trained = False
     def before_train(self):
@@ -99,15 +99,13 @@ def _each_snapshot(learn, ds_idx, dl):
     "Each snapshot's activations on `dl` and its `validate` record; the learner's own weights are put back after"
     if not len(getattr(learn, 'snapshots', [])): raise ValueError("learn.snapshots is empty: fit with `SnapshotEnsemble` (or `fit_sgdr_snapshots`), or `load_snapshots`, first")
     dl = ifnone(dl, learn.dls[ds_idx].new(shuffle=False, drop_last=False))
-    keep = {k: v.clone() for k, v in learn.model.state_dict().items()}
     preds, records = [], []
-    try:
+    with kept_state(learn.model):
         for s in learn.snapshots:
             if isinstance(s, dict): get_model(learn.model).load_state_dict(s)
             else: load_model(s, learn.model, None, with_opt=False, device=next(learn.model.parameters()).device)
             p, targs = learn.get_preds(dl=dl)
             preds.append(p); records.append(list(learn.final_record)) # `get_preds` runs `validate`'s loop: the Recorder's loss and metrics
-    finally: learn.model.load_state_dict(keep)
     return preds, targs, records, dl
 
 def _average(preds, weights):

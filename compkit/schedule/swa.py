@@ -10,7 +10,7 @@ from fastcore.basics import store_attr, ifnone
 from fastai.torch_core import get_model
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
-from ..core import rank_world
+from ..core import lr_find_or_preds, rank_world
 
 # %% auto #0
 __all__ = ['SWA']
@@ -29,7 +29,7 @@ class SWA(Callback):
         self.epochs = []
 
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
+        self.run = not lr_find_or_preds(self.learn)
         self.swa_model, self.lrs = None, None if self.opt is None else [h['lr'] for h in self.opt.hypers]
     def before_train(self):
         if self.swa_model is None and self.epoch >= min(self.n_epoch - 1, int(self.start_pct * self.n_epoch)): self._start()

@@ -9,6 +9,7 @@ from fastcore.foundation import L
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 from fastai.vision.augment import RandTransform
+from ..core import lr_find_or_preds
 
 # %% auto #0
 __all__ = ['Tempering']
@@ -33,7 +34,7 @@ class Tempering(Callback):
         self.switched, self.switch_at, self.n_trained, self.hist = switch_epoch == 0, switch_epoch if switch_epoch == 0 else None, 0, []
 
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self.learn, 'gather_preds')
+        self.run = not lr_find_or_preds(self.learn)
         if not self.run: return
         dl, self.unscaled = self.dls.train, None
         self.orig = dl.bs, dl.after_item.fs, dl.after_batch.fs
