@@ -323,19 +323,72 @@ def _defines(mod, nm):
     if inspect.isclass(o) or inspect.isfunction(o): return o.__module__ == mod.__name__
     return re.search(rf'^{re.escape(nm)}\s*[:=]', inspect.getsource(mod), re.M) is not None
 
+def _signature(f):
+    try: return inspect.signature(f)
+    except (TypeError, ValueError): return None
+
+def _fastai_methods():
+    "The method names fastai's classes define (its index): duck-typed protocols such as a loss's `activation`/`decodes`"
+    import fastai._modidx
+    return {k.rsplit('.', 1)[1] for syms in fastai._modidx.d['syms'].values() for k in syms
+            if k.count('.') > 2 and k.rsplit('.', 2)[1][:1].isupper()}
+
+def _hooks(cls):
+    "The names the base classes of `cls` define or call on `self`: hooks a subclass fills in"
+    names = set()
+    for b in cls.__mro__[1:]:
+        names |= set(vars(b))
+        try: names |= set(re.findall(r'self\.(\w+)\(', inspect.getsource(b)))
+        except (TypeError, OSError): pass
+    return names
+
+def api_methods(cls, fastai_methods=None):
+    """The methods of `cls` that need their own entry: its constructors (class and static methods), the methods it adds
+    (no base class defines or calls them, fastai has no method of their name) and fastai methods it gives a new signature"""
+    fastai_methods = _fastai_methods() if fastai_methods is None else fastai_methods
+    from fastai.callback.core import _events
+    hooks, out = _hooks(cls), []
+    for k, v in vars(cls).items():
+        if k.startswith('_') or k in _events: continue
+        if isinstance(v, (classmethod, staticmethod)): out.append(k); continue
+        if not inspect.isfunction(v): continue
+        base = next((b for b in cls.__mro__[1:] if k in vars(b)), None)
+        if base is not None and base.__module__.split('.')[0] == 'fastai' and _signature(getattr(base, k)) != _signature(v): out.append(k)
+        elif k not in hooks and k not in fastai_methods: out.append(k)
+    return [f'{cls.__name__}.{k}' for k in out]
+
+def patched_methods(mod):
+    "The `Class.method` names `mod` adds to other libraries' classes with fastcore's `@patch` (`Learner.tta10`)"
+    out = []
+    for f in ast.walk(ast.parse(inspect.getsource(mod))):
+        if not isinstance(f, ast.FunctionDef) or f.name.startswith('_') or not f.args.args: continue
+        decos = [d.func if isinstance(d, ast.Call) else d for d in f.decorator_list]
+        ann = f.args.args[0].annotation
+        if any(getattr(d, 'id', None) == 'patch' for d in decos) and isinstance(ann, ast.Name): out.append(f'{ann.id}.{f.name}')
+    return out
+
+def public_api(mod, fastai_methods=None):
+    """The names that need an entry on the page of module `mod`: what its `__all__` defines, the methods its classes add
+    (`api_methods`) and the methods it patches onto fastai's classes (`patched_methods`)"""
+    fastai_methods = _fastai_methods() if fastai_methods is None else fastai_methods
+    names = [nm for nm in getattr(mod, '__all__', []) if _defines(mod, nm)]
+    methods = [m for nm in names if inspect.isclass(o := getattr(mod, nm)) for m in api_methods(o, fastai_methods)]
+    return names + methods + patched_methods(mod)
+
 def missing_api(pages):
-    "The names in each module's `__all__` that have no entry (a heading of their name) on the module's page(s)"
-    ids = {}
+    "The public names of each module (`public_api`) that have no entry (a heading of their name) on the module's page(s)"
+    ids, fm = {}, _fastai_methods()
     for p in pages:
         if p.module: ids.setdefault(p.module, set()).update(re.findall(r'<h[1-6] id="([^"]*)"', p.html_body))
-    missing = {m: [nm for nm in getattr(mod, '__all__', []) if _defines(mod, nm) and _heading_id(nm) not in hs]
+    missing = {m: [nm for nm in public_api(mod, fm) if _heading_id(nm) not in hs]
                for m, hs in ids.items() if (mod := importlib.import_module(m))}
     return {m: nms for m, nms in missing.items() if nms}
 
 def main(out=None):
     pages = build(out)
     if missing := missing_api(pages):
-        sys.exit('docs: public names without a doc entry on their page (export them from a cell that is not hidden): ' +
+        sys.exit('docs: public names without a doc entry on their page (export them from a cell that is not hidden; '
+                 'a method gets its entry from `show_doc(Class.method)`): ' +
                  '; '.join(f'{m}: {", ".join(nms)}' for m, nms in missing.items()))
     print(f'docs: {len(pages)} pages in {Path(out or get_config().doc_path)}')
 
