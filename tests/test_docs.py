@@ -216,8 +216,8 @@ def _results(dom):
 def test_search_in_chromium(site, server, chromium, tmp_path):
     "The search box in the browser (`?q=` searches on load): a name's entry first, all words must occur, a miss says so"
     search = lambda page, q: _results(browse(chromium, f'{server}{page}?q={q}', tmp_path/'p', '--dump-dom'))
-    hrefs, _ = search('index.html', 'tta10')
-    assert hrefs[0] == 'predict.tta.html#learner.tta10', hrefs
+    hrefs, _ = search('index.html', 'from_folder')
+    assert hrefs[0] == 'data.html#devicedataloaders.from_folder', hrefs
     hrefs, text = search('tutorial.tta.html', 'snapshot+ensemble+tta10')
     index = {e['h']: (e['t'] + ' ' + e['s'] + ' ' + e['x']).lower() for e in _search_index(site)}
     assert hrefs and all(all(w in index[h] for w in ('snapshot', 'ensemble', 'tta10')) for h in hrefs)
@@ -247,3 +247,22 @@ def test_figures_have_alt_text_from_captions(site):
             elif html.unescape(alt[1]) != html.unescape(re.sub(r'<[^>]+>', '', cap)).strip():
                 bad.append(f'{f}: {alt[1]}')
     assert not bad, bad
+
+def test_every_public_name_and_method_has_its_entry(site):
+    """compkit.all's public API, module by module (`MODULES`), has an entry on its module's page: every name, and
+    the methods a user calls (each `DeviceDataLoaders` constructor, `test_dl`, `class_weights`, patched `Learner`
+    methods)"""
+    import compkit.all
+    from fastai.learner import Learner
+    tool, fm = _docs_tool(), _docs_tool()._fastai_methods()
+    api = {m: tool.public_api(importlib.import_module(f'compkit.{m}'), fm) for m in compkit.all.MODULES}
+    names = {n for v in api.values() for n in v}
+    assert set(compkit.all.__all__) <= names | {'MODULES'}
+    dls_methods = 'from_folder', 'from_df', 'from_tensors', 'from_tensorset', 'from_arrays', 'test_dl', 'class_weights'
+    wanted = {f'DeviceDataLoaders.{k}' for k in dls_methods}
+    patched = [k for k, v in vars(Learner).items() if str(getattr(v, '__module__', '')).startswith('compkit')]
+    wanted |= {f'Learner.{k}' for k in patched}
+    assert len(wanted) > 15 and wanted <= names, wanted - names
+    ids = {m: Html((site.out/f'{m}.html').read_text()).ids for m in api}
+    missing = {m: [n for n in ns if n.lower() not in ids[m]] for m, ns in api.items()}
+    assert not {m: ns for m, ns in missing.items() if ns}, missing

@@ -343,8 +343,8 @@ def _hooks(cls):
     return names
 
 def api_methods(cls, fastai_methods=None):
-    """The methods of `cls` that need their own entry: its constructors (class and static methods), the methods it adds
-    (no base class defines or calls them, fastai has no method of their name) and fastai methods it gives a new signature"""
+    """The methods of `cls` that need their own entry: its constructors (class and static methods), the methods it
+    adds (no base class defines or calls them, fastai has no method of their name), fastai methods it re-signs"""
     fastai_methods = _fastai_methods() if fastai_methods is None else fastai_methods
     from fastai.callback.core import _events
     hooks, out = _hooks(cls), []
@@ -353,7 +353,8 @@ def api_methods(cls, fastai_methods=None):
         if isinstance(v, (classmethod, staticmethod)): out.append(k); continue
         if not inspect.isfunction(v): continue
         base = next((b for b in cls.__mro__[1:] if k in vars(b)), None)
-        if base is not None and base.__module__.split('.')[0] == 'fastai' and _signature(getattr(base, k)) != _signature(v): out.append(k)
+        fastai_base = base is not None and base.__module__.split('.')[0] == 'fastai'
+        if fastai_base and _signature(getattr(base, k)) != _signature(v): out.append(k)
         elif k not in hooks and k not in fastai_methods: out.append(k)
     return [f'{cls.__name__}.{k}' for k in out]
 
@@ -364,7 +365,8 @@ def patched_methods(mod):
         if not isinstance(f, ast.FunctionDef) or f.name.startswith('_') or not f.args.args: continue
         decos = [d.func if isinstance(d, ast.Call) else d for d in f.decorator_list]
         ann = f.args.args[0].annotation
-        if any(getattr(d, 'id', None) == 'patch' for d in decos) and isinstance(ann, ast.Name): out.append(f'{ann.id}.{f.name}')
+        if any(getattr(d, 'id', None) == 'patch' for d in decos) and isinstance(ann, ast.Name):
+            out.append(f'{ann.id}.{f.name}')
     return out
 
 def public_api(mod, fastai_methods=None):
@@ -376,7 +378,7 @@ def public_api(mod, fastai_methods=None):
     return names + methods + patched_methods(mod)
 
 def missing_api(pages):
-    "The public names of each module (`public_api`) that have no entry (a heading of their name) on the module's page(s)"
+    "The public names of each module (`public_api`) without an entry (a heading of their name) on the module's page(s)"
     ids, fm = {}, _fastai_methods()
     for p in pages:
         if p.module: ids.setdefault(p.module, set()).update(re.findall(r'<h[1-6] id="([^"]*)"', p.html_body))
