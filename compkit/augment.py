@@ -44,7 +44,7 @@ class _ItemRandTransform(_WholeBatch, RandTransform):
         for bb in (o for o in (b if isinstance(b, (tuple, list)) else ()) if isinstance(o, TensorBBox)):
             moved = self.move_boxes(_per_item(bb))
             lost = (_area(self.clip(moved)) < self.min_visible * _area(moved)).any(1)
-            if lost.any(): self.skip(lost)
+            self.skip(lost) # masked, for all items: `if lost.any()` would make the host wait for the GPU every batch
     def take(self, n, device):
         "Set `state` to that of the next `n` items of the block drawn last, drawing a new block when it runs out, the settings or device change, or `seed_everything` runs"
         key = (device, core._seedings, *(getattr(self, k) for k in self.__stored_args__)) # `seed_everything` also starts a new block
@@ -64,10 +64,13 @@ class _ItemRandTransform(_WholeBatch, RandTransform):
         return torch.where(u[:, -1:] < self.p, torch.lerp(lo, hi, u[:, :-1]), off)
     def move_boxes(self, boxes): return boxes # (n, k, 4) pixels: where each item's boxes land, before clipping
     def skip(self, items): pass # leave the items of the bool mask `items` untransformed
-    def clip(self, boxes): h, w = self.hw; return torch.min(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
+    def clip(self, boxes):
+        h, w = self.hw
+        return torch.min(boxes.clamp(min=0), _constant((w, h, w, h), boxes.device).to(boxes))
 
 @functools.lru_cache(maxsize=64)
 def _constant(values, device): return torch.tensor(values, device=device) # made once: a new one per batch would be a host-to-device copy
+_EYE = ((1., 0., 0.), (0., 1., 0.), (0., 0., 1.))
 def _retyped(t, like):
     "Plain tensor `t` as the type of `like`, with its metadata (fastai's `retain_type`, without the per-op dispatch)"
     t = t.as_subclass(type(like)); t.__dict__.update(like.__dict__); return t
@@ -98,7 +101,7 @@ class RandomPadCrop(_ItemRandTransform):
         if self.mode == 'zeros': out = out * (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])[:, None]
         return out
     def move_boxes(self, b): dy, dx = self.shift.T.to(b.dtype); return b - torch.stack([dx, dy, dx, dy], -1)[:, None]
-    def skip(self, items): self.shift[items] = 0
+    def skip(self, items): self.shift = torch.where(items[:, None], 0, self.shift)
 
 # %% ../nbs/08_augment.ipynb #065a7ad6
 class RandomFlip(_ItemRandTransform):
@@ -119,7 +122,8 @@ class _ItemAffineTransform(_ItemRandTransform):
     order, state = fdt.IntToFloatTensor.order + 1, ('theta',) # resamples: needs floats
     def image(self, x): return _resample(x, self.theta)
     def move_boxes(self, b): return _affine_boxes(b, self.theta, self.hw)
-    def skip(self, items): self.theta[items] = torch.eye(2, 3, device=self.theta.device)
+    def skip(self, items): # the identity: untransformed
+        self.theta = torch.where(items[:, None, None], _constant(_EYE[:2], items.device), self.theta)
 
 def _resample(x, theta):
     "Sample each image `x[i]` at the affine grid `theta[i]` (output to input, normalized coordinates): one `grid_sample`"
@@ -136,10 +140,15 @@ def _affine_grid(theta, h, w):
 def _centres_on(k, device, dtype): return (torch.arange(k, device=device, dtype=dtype) * 2 + 1) / k - 1
 def _centres(k, like): return _centres_on(k, like.device, like.dtype) # the k pixel centres in [-1, 1], made once per size
 
+def _box_corners(b):
+    "The 4 corners (..., 4, 2) of xyxy boxes `b` (..., 4), by slicing: indexing by a list copies it to the device"
+    x1, y1, x2, y2 = b.unbind(-1)
+    return torch.stack([torch.stack(c, -1) for c in ((x1, y1), (x2, y1), (x1, y2), (x2, y2))], -2)
+
 def _affine_boxes(b, theta, hw):
     "Where boxes `b` (n, k, 4 pixels) land when their images are resampled at `theta`: the envelope of their moved corners"
-    half = b.new_tensor([hw[1], hw[0]]) / 2
-    corners = torch.stack([b[..., [0, 1]], b[..., [2, 1]], b[..., [0, 3]], b[..., [2, 3]]], -2) / half - 1 # (n, k, 4, 2) in [-1, 1]
+    half = _constant((hw[1] / 2, hw[0] / 2), b.device).to(b)
+    corners = _box_corners(b) / half - 1 # (n, k, 4, 2) in [-1, 1]
     (a, c), (d, e) = theta[:, 0, :2].T, theta[:, 1, :2].T
     inv = torch.stack([torch.stack([e, -c], -1), torch.stack([-d, a], -1)], -2) / (a * e - c * d)[:, None, None] # theta maps output to input
     out = (torch.einsum('nij,nkcj->nkci', inv.to(b.dtype), corners - theta[:, None, None, :, 2].to(b.dtype)) + 1) * half
@@ -238,7 +247,8 @@ class ColorJitter(_ItemRandTransform):
         if x.shape[1] != 3: return x # grey images have no saturation or hue (torchvision leaves them)
         if self.saturation: x = _blend(x, _gray(x), s)
         return _shift_hue(x, h) if self.hue else x
-    def skip(self, items): self.factors[items] = self.factors.new_tensor([1, 1, 1, 0])
+    def skip(self, items): # factors 1 and a hue shift of 0: unchanged
+        self.factors = torch.where(items[:, None], _constant((1., 1., 1., 0.), items.device), self.factors)
 
 def _blend(x, y, f): return (x * f + y * (1 - f)).clamp_(0, 1) # torchvision's `_blend` on floats
 def _gray(x): # ITU-R 601 luma, as torchvision's
@@ -252,7 +262,8 @@ def _shift_hue(x, h):
     r_max, g_max = (maxc == x[:, :1])[:, 0], (maxc == x[:, 1:2])[:, 0]
     hue = torch.where(r_max, bc - gc, torch.where(g_max, 2 + rc - bc, 4 + gc - rc))[:, None] / 6 # pixels' hue in turns
     sat = span / maxc.masked_fill(maxc == 0, 1)
-    k = ((hue + h) * 6 + x.new_tensor([5, 3, 1]).view(1, 3, 1, 1)).remainder(6) # each channel's place on the wheel
+    # each channel's place on the wheel (the offsets made once per device: a new tensor per batch is a copy to it)
+    k = ((hue + h) * 6 + _constant((5., 3., 1.), x.device).view(1, 3, 1, 1)).remainder(6)
     return maxc - maxc * sat * torch.minimum(k, 4 - k).clamp(0, 1)
 
 # %% ../nbs/08_augment.ipynb #7adc9d7c
@@ -313,7 +324,8 @@ class RandomPerspective(_ItemRandTransform):
         self.H = _homography(corners * (1 - move), corners.expand(n, 4, 2))
     def corners(self, h, w):
         "Where each item's corners land, in pixels: torchvision's `endpoints` (`startpoints` are the image's corners)"
-        return (_apply_h(torch.linalg.inv(self.H), _CORNERS.to(self.H)) + 1) * self.H.new_tensor([w / 2, h / 2])
+        dev = self.H.device
+        return (_apply_h(torch.linalg.inv(self.H), _corners(dev)) + 1) * _constant((w / 2, h / 2), dev)
     def image(self, x):
         h, w = x.shape[-2:]
         xs, ys = _centres(w, x)[None, None, :], _centres(h, x)[None, :, None] # pixel centres in [-1, 1]
@@ -322,13 +334,14 @@ class RandomPerspective(_ItemRandTransform):
         grid = torch.stack([num_x / den, num_y / den], -1)
         return F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
     def move_boxes(self, b):
-        half = b.new_tensor([self.hw[1], self.hw[0]]) / 2
-        corners = torch.stack([b[..., [0, 1]], b[..., [2, 1]], b[..., [0, 3]], b[..., [2, 3]]], -2) / half - 1
+        half = _constant((self.hw[1] / 2, self.hw[0] / 2), b.device).to(b)
+        corners = _box_corners(b) / half - 1
         out = (_apply_h(torch.linalg.inv(self.H).to(b.dtype)[:, None], corners) + 1) * half
         return torch.cat([out.amin(-2), out.amax(-2)], -1) # a box's corners bound its warped image (lines stay lines)
-    def skip(self, items): self.H[items] = torch.eye(3, device=self.H.device)
+    def skip(self, items): self.H = torch.where(items[:, None, None], _constant(_EYE, items.device), self.H)
 
 _CORNERS = torch.tensor([[-1., -1.], [1., -1.], [1., 1.], [-1., 1.]]) # top-left, top-right, bottom-right, bottom-left
+def _corners(device): return _constant(tuple(map(tuple, _CORNERS.tolist())), device) # once per device
 
 def _homography(src, dst):
     "The (n, 3, 3) homographies taking each item's 4 points `src` (n, 4, 2) to `dst`: n 8 x 8 systems, solved at once"
@@ -372,7 +385,7 @@ class RandomRotate90(_ItemRandTransform):
         return x.reshape(n, c, s * s).gather(2, idx.expand(n, c, s * s)).view(n, c, s, s)
     def move_boxes(self, b):
         half = self.hw[0] / 2
-        corners = torch.stack([b[..., [0, 1]], b[..., [2, 3]]], -2) - half # (n, k, 2, 2): two opposite corners suffice
+        corners = b.unflatten(-1, (2, 2)) - half # (n, k, 2, 2): two opposite corners suffice
         out = (corners @ self.A.to(b.dtype)[:, None].transpose(-1, -2)) + half
         return torch.cat([out.amin(-2), out.amax(-2)], -1)
     def skip(self, items): self.code = self.code.masked_fill(items, 0)

@@ -101,26 +101,27 @@ class DeviceDL(TfmdDL):
 
     @property
     def gen(self):
-        "The generator of this loader's shuffles, on the data's device, made on first use"
+        "The generator of this loader's shuffles and samples, on the host, made on first use"
         if getattr(self, '_gen', None) is None:
             self.seed = from_rank0(self.seed) # every rank draws the same order, and takes its part of it
-            self._gen = device_generator(self.dataset.x.device, self.seed)
+            self._gen = device_generator('cpu', self.seed)
         return self._gen
 
     def get_idxs(self):
-        "This epoch's order as one index tensor on the data's device: the sampler's draw, a permutation, or 0..n-1"
-        n, dev = len(self.dataset), self.dataset.x.device
-        if not self.shuffle: return torch.arange(n, device=dev)
-        if self.sampler is not None: return self.sampler(n, self.gen)
-        return torch.randperm(n, device=dev, generator=self.gen)
+        "This epoch's order, on the host where fastai reorders predictions: the sampler's, a permutation or 0..n-1"
+        n = len(self.dataset)
+        if not self.shuffle: return torch.arange(n)
+        if self.sampler is not None: return torch.as_tensor(self.sampler(n, self.gen)).cpu()
+        return torch.randperm(n, generator=self.gen)
 
     def __iter__(self):
         self.randomize(); self.before_iter()
-        idxs = self.get_idxs()
+        idxs = torch.as_tensor(self.get_idxs())
         self._n, (rank, world) = len(idxs), rank_world()
         if world > 1 and not self.drop_last and len(idxs) % world: # pad with the first items so that every rank has as many
             idxs = torch.cat([idxs, idxs[torch.arange(world - len(idxs) % world) % len(idxs)]])
         spans = _rank_spans(len(idxs), self.bs, self.drop_last, rank, world)
+        idxs = idxs.to(self.dataset.x.device, non_blocking=True) # one copy an epoch: batches gather where the data is
         batches = (self.dataset.items(idxs[lo:hi]) for _, lo, hi in spans)
         if _kept_on_host(self.dataset.x, self.device): batches = _prefetch(batches, self.device)
         for (self._start, _, _), b in zip(spans, batches): yield self.after_batch(b)
@@ -161,12 +162,16 @@ def _kept_on_host(x, device):
     "Whether images `x` are held on the host for training on another `device` (a GPU), to be copied over a batch at a time"
     return device is not None and x.device.type == 'cpu' and torch.device(device).type != 'cpu'
 
+def _pinned(t, device):
+    "`t` in page-locked memory if it is a host tensor bound for a GPU (the copy then overlaps GPU work), else `t`"
+    return t.pin_memory() if device.type == 'cuda' and t.device.type == 'cpu' and torch.cuda.is_available() else t
+
 def _prefetch(batches, device):
-    "Host `batches` on `device`, each pinned and copied one batch ahead, `non_blocking`"
+    "Host `batches` on `device`, copied one batch ahead, `non_blocking` from pinned memory (parts already there stay)"
     ahead, device = None, torch.device(device)
     for b in batches:
-        if device.type == 'cuda': b = tuple(t.pin_memory() for t in b)
-        b = to_device(b, device, non_blocking=True) # starts the copy; the batch before is in use meanwhile
+        # starts the copy; the batch before is in use meanwhile
+        b = to_device(tuple(_pinned(t, device) for t in b), device, non_blocking=True)
         if ahead is not None: yield ahead
         ahead = b
     if ahead is not None: yield ahead
@@ -253,12 +258,14 @@ class DeviceDataLoaders(DataLoaders):
         for y in ys:
             if len(y) != len(x): raise ValueError(f"x has {len(x)} images but y has {len(y)} labels: give exactly one label per image")
         train_idx, valid_idx = split_idxs(len(x), valid_pct, seed, valid_idx)
+        # the sampler draws on the host, with the loader's generator: its weights come from the labels there
+        sampler = (None if oversample is False else WeightedSampler(oversample) if oversample is not True
+                   else WeightedSampler.balanced(ys[0][train_idx].cpu()))
         device = get_device(device)
         on_host = x.nbytes > ifnone(max_device_bytes, _device_budget(device))
         train_ds, valid_ds = (DeviceDataset(x[i], tuple(y[i] for y in ys), vocabs, split_idx, method).to(device, keep_x_on_host=on_host)
                               for split_idx, i in enumerate((train_idx, valid_idx)))
         tfms = [IntToFloatTensor()] + ([Normalize(*(t.view(1, -1, 1, 1).to(device) for t in image_stats(train_ds.x)))] if normalize else [])
-        sampler = (None if oversample is False else WeightedSampler.balanced(train_ds.ys[0]) if oversample is True else WeightedSampler(oversample))
         train = DeviceDL(train_ds, bs=bs, shuffle=True, drop_last=len(train_ds) > bs, sampler=sampler, device=device,
                          seed=ifnone(seed, draw_seed()), after_batch=tfms + L(batch_tfms))
         res = cls(train, train.new(valid_ds, bs=ifnone(val_bs, bs), shuffle=False, drop_last=False, sampler=None), path=path, device=device)

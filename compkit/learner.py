@@ -99,12 +99,17 @@ def timm_learner(dls, # `DataLoaders` (compkit's `DeviceDataLoaders` or fastai's
     if n_in is None: n_in = dls.one_batch()[0].shape[1]
     kwargs['opt_func'] = ifnone(opt_func, TorchAdamW)
     if not isinstance(arch, str):
-        return Learner(dls, arch, metrics=metrics, splitter=ifnone(splitter, head_splitter), **kwargs)
+        return _on_dls_device(Learner(dls, arch, metrics=metrics, splitter=ifnone(splitter, head_splitter), **kwargs))
     if weights is not None:
         if not Path(weights).is_file(): raise ValueError(f"weights file {weights} does not exist")
         pretrained, kwargs['pretrained_cfg_overlay'] = True, dict(file=str(weights))
     learn = vision_learner(dls, arch, n_out=n_out, pretrained=pretrained, n_in=n_in, metrics=metrics, **({'splitter': splitter} if splitter else {}), **kwargs)
     if pretrained: _use_stats(dls, stats or [learn.model[0].model.pretrained_cfg[k] for k in ('mean', 'std')], n_in)
+    return _on_dls_device(learn)
+
+def _on_dls_device(learn):
+    "`learn` with its model on the loaders' device now (fastai moves it when a fit starts): `learn.model(xb)` works"
+    if getattr(learn.dls, 'device', None) is not None: learn.model.to(learn.dls.device)
     return learn
 
 def _use_stats(dls, stats, n_in):

@@ -111,6 +111,10 @@ def _gathered(dl, b):
     "`b` detached, on the host, gathered over the ranks as fastai's `Learner.to_detach` does: by the loader, if it knows how (a `DeviceDL` in order, without padding)"
     return dl.to_detach(b) if hasattr(dl, 'to_detach') else to_detach(b)
 
+def _chunk(tc, xs, views):
+    "One forward pass's input: `views` of the rescaled images `xs` side by side in the batch, one contiguous tensor"
+    return torch.cat([tc.crop(xs, i) for i in views])
+
 class _ViewBatches:
     "The batches of `dl` as chunks of `chunk` views, one forward pass each; `cur` says which batch and views are in flight"
     def __init__(self, dl, n_inp, chunk, size, scale, flip, crops=True): store_attr()
@@ -127,7 +131,7 @@ class _ViewBatches:
             xs = tc.rescale(x)
             for v in range(0, len(tc), self.chunk):
                 self.cur = bi, tc, range(v, min(v + self.chunk, len(tc))), len(x)
-                yield (torch.cat([tc.crop(xs, i) for i in self.cur[2]]),)
+                yield (_chunk(tc, xs, self.cur[2]),)
         self.targs = targs
 
 class _MergeViews(Callback):
@@ -170,7 +174,8 @@ def _auto_chunk(learn, dl, max_mem, size, scale, flip, crops=True):
     tc = TenCrop(x.shape[-2:], size, scale, flip, crops)
     torch.cuda.synchronize(dev); torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
-    with torch.no_grad(): learn.model.eval()(tc.crop(tc.rescale(x.to(dev)), 0))
+    # one view laid out as the passes lay it out: a bare crop is a strided slice, which a model's `view` can refuse
+    with torch.no_grad(): learn.model.eval()(_chunk(tc, tc.rescale(x.to(dev)), range(1)))
     need = torch.cuda.max_memory_allocated(dev) - base
     return int(min(len(tc), max(1, max_mem * torch.cuda.mem_get_info(dev)[0] // max(need, 1))))
 

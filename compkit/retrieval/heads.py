@@ -127,7 +127,8 @@ def metric_learner(dls, # `DataLoaders` with class targets (the head's classes)
     learn = timm_learner(dls, arch, n_out=n_emb, metrics=metrics, loss_func=loss_func, **kwargs)
     if not isinstance(arch, str): n_emb = _n_features(arch, dls)
     head = None if head is None else head(n_emb, ifnone(n_out, dls.c))
-    learn.model, learn.splitter = EmbeddingModel(learn.model, head), partial(_split_with_head, splitter=learn.splitter)
+    model = EmbeddingModel(learn.model, head).to(next(learn.model.parameters()).device) # the head joins the body there
+    learn.model, learn.splitter = model, partial(_split_with_head, splitter=learn.splitter)
     if learn.opt is not None: learn.opt = None; learn.freeze() # pretrained: timm_learner froze the body with an optimizer for the old model
     if isinstance(head, MarginHead): learn.add_cb(MarginTargets())
     return learn

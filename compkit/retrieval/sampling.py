@@ -33,7 +33,8 @@ class PKSampler:
                  p:int=16, # classes per batch (Hermans et al. used 18 x 4; 16 x 4 makes the usual batch of 64)
                  k:int=4, # items per class
                 ):
-        y = torch.as_tensor(y).as_subclass(torch.Tensor).long().flatten()
+        # on the host: the loader draws its order there, with its generator
+        y = torch.as_tensor(y).as_subclass(torch.Tensor).long().flatten().cpu()
         counts = torch.bincount(y)
         present = (counts > 0).nonzero().flatten()
         if len(present) < p: raise ValueError(f"PKSampler needs p={p} distinct classes per batch but y has {len(present)} classes: lower p")
