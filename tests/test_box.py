@@ -109,7 +109,7 @@ def box_masks(b, h, w):
 
 def extents(masks, thresh):
     "The box around each mask's pixels above `thresh`, in continuous pixel coordinates (torchvision's is inclusive)"
-    return tvo.masks_to_boxes(masks[:, 0].as_subclass(torch.Tensor) > thresh) + torch.tensor([0., 0., 1., 1.])
+    return tvo.masks_to_boxes(masks[:, 0].as_subclass(torch.Tensor) > thresh) + torch.tensor([0., 0., 1., 1.], device=masks.device)
 
 @pytest.mark.parametrize('tfms,tol', [([RandomFlip(p=0.5)], 0), ([RandomFlip(p=0.5, dim=-2)], 0), ([RandomPadCrop(4, 'zeros')], 0),
                                       ([RandomResizedCrop((0.4, 1.))], 1.01), ([RandomAffine(max_rotate=0., max_zoom=1.3)], 1.01),

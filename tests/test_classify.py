@@ -135,7 +135,7 @@ def test_with_cpu_bf16_autocast():
     assert fit(learn, cb, fit_fn='fit') == 4
     assert ac.pred_dtype == torch.bfloat16 and np.isfinite(learn.recorder.losses).all()
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='fp16 mixed precision needs CUDA')
+@pytest.mark.cuda # fp16 mixed precision needs CUDA
 def test_with_to_fp16_on_cuda():
     dls = dls_(TensorCategory(D.y), TensorCategory(D.y % 2), device='cuda')
     learn = Learner(dls, SmallNet(10, 2), loss_func=MultiHeadLoss([CrossEntropyLossFlat(), CrossEntropyLossFlat()])).to_fp16()

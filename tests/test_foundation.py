@@ -229,8 +229,8 @@ def test_local_weights_load_and_fine_tune(dls, tmp_path):
     torch.save(src.state_dict(), tmp_path/'w.pth')
     learn = timm_learner(dls, 'resnet10t', weights=tmp_path/'w.pth')
     body = learn.model[0].model
-    assert torch.equal(body.layer2[0].conv1.weight, src.layer2[0].conv1.weight)
-    assert torch.allclose(body.conv1[0].weight, src.conv1[0].weight.sum(1, keepdim=True))
+    assert torch.equal(body.layer2[0].conv1.weight.cpu(), src.layer2[0].conv1.weight) # the model is on dls.device
+    assert torch.allclose(body.conv1[0].weight.cpu(), src.conv1[0].weight.sum(1, keepdim=True))
     frozen = [p.requires_grad for p in body.layer2[0].conv1.parameters()]
     assert frozen == [False]                                  # pretrained: the body starts frozen, as in fastai
     before = body.layer2[0].conv1.weight.clone()

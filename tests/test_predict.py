@@ -79,7 +79,8 @@ def _reference(model, xb, scale, size, n=10):
     "The merged softmax of `model` over torchvision's ten crops of `xb` resized by `scale`: tta10's independent reference"
     h, w = xb.shape[-2:]
     xs = TF.resize(xb.as_subclass(torch.Tensor), [round(h * scale), round(w * scale)], antialias=True)
-    with torch.no_grad(): return torch.stack([model(v).softmax(-1) for v in TF.ten_crop(xs, [size, size])[:n]]).mean(0)
+    with torch.no_grad(): p = torch.stack([model(v).softmax(-1) for v in TF.ten_crop(xs, [size, size])[:n]]).mean(0)
+    return p.cpu() # where tta10's predictions are, as get_preds'
 
 def test_scale_with_default_size_on_trained_digits(trained):
     "size=None keeps the crops at the training size (28 px), cut from the image upscaled to 32 px"
@@ -118,8 +119,8 @@ def test_callbacks_see_each_chunk_and_models_from_files(trained, sdl, tmp_path):
     save_model(tmp_path/'snap.pth', trained.model, None) # what `learn.save('snap')` writes
     before = {k: v.clone() for k, v in trained.model.state_dict().items()}
     with trained.no_bar():
-        pf, _ = trained.tta10(sdl, scale=1.25, size=30, models=[tmp_path/'snap.pth'])
-        pm, _ = trained.tta10(sdl, scale=1.25, size=30, models=[trained.model])
+        pf, _ = trained.tta10(sdl, scale=1.25, size=30, chunk=4, models=[tmp_path/'snap.pth']) # the chunks `p` had
+        pm, _ = trained.tta10(sdl, scale=1.25, size=30, chunk=4, models=[trained.model])
         with pytest.raises(ValueError, match='models\\[0\\]: no file'): trained.tta10(sdl, scale=1.25, size=30, models=['nowhere.pth'])
     assert torch.allclose(pf, p, atol=1e-6) and torch.allclose(pm, p, atol=1e-6)
     assert all(torch.equal(v, trained.model.state_dict()[k]) for k, v in before.items())

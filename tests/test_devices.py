@@ -1,0 +1,125 @@
+"""The host/device contract, checked without a GPU (issue 18). PyTorch's `meta` device (shapes, no data) stands in
+for a GPU: a device tensor handed to fastai's host-side code, a CPU tensor mixed into a device batch and a model left
+on the CPU show there. `HostReads` shows a host read in a per-batch path (on a GPU, a wait for the device) on the CPU.
+The same checks on a real GPU are in `test_cuda.py`."""
+import traceback
+import pytest, torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from fastai.torch_core import tensor, nested_reorder
+from fastai.learner import _ConstantFunc
+import compkit.data
+from compkit.datasets import digits, digit_boxes
+from compkit.data import DeviceDataLoaders
+from compkit.retrieval.sampling import PKSampler
+from compkit.augment import RandomPadCrop, RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting
+from compkit.learner import timm_learner
+from compkit.classify.mixup import MixUp, CutMix, MixUpCutMix
+import compkit.box.data # DeviceDataLoaders.from_boxes
+
+D, B = digits(16), digit_boxes(32, n=200, seed=0)
+TRAIN_Y = D.y[~torch.isin(torch.arange(len(D.y)), D.valid_idx)] # the host's copy of the training labels
+def augs(): return [RandomPadCrop(2), RandomFlip(), RandomResizedCrop((0.5, 1.)), RandomAffine(), RandomLighting()]
+def meta_dls(**kw): return DeviceDataLoaders.from_tensorset(D, **{'device': 'meta', 'seed': 0, 'bs': 64, **kw})
+def box_dls(**kw): return DeviceDataLoaders.from_boxes(B.x, B.y, valid_idx=B.valid_idx, seed=0, batch_tfms=augs()[:4],
+                                                      **kw)
+
+def on_host(o) -> bool:
+    "Whether `o` is what host-side code may receive: numbers, Python sequences, and tensors only on the CPU"
+    if torch.is_tensor(o): return o.device.type == 'cpu'
+    return all(map(on_host, o)) if isinstance(o, (tuple, list)) else True
+
+LOADERS = {'train': lambda: meta_dls().train, 'valid': lambda: meta_dls().valid,
+           'new': lambda: meta_dls().train.new(shuffle=False), 'oversampled': lambda: meta_dls(oversample=True).train,
+           'PK': lambda: meta_dls().train.new(bs=20, shuffle=True, drop_last=True, sampler=PKSampler(TRAIN_Y, 5, 4)),
+           'test_dl': lambda: meta_dls().test_dl(D.x[:70]), 'host storage': lambda: meta_dls(max_device_bytes=0).train}
+
+@pytest.mark.parametrize('kind', LOADERS)
+def test_the_order_fastai_reorders_predictions_by_is_on_the_host(kind):
+    "fastai's `get_preds` reads `dl.get_idxs()` once, runs the loader in that order, then reorders host predictions"
+    dl = LOADERS[kind]()
+    idxs = dl.get_idxs()
+    assert on_host(idxs), f"{kind}: get_idxs() is on {idxs.device}; fastai indexes the predictions on the host with it"
+    n = 0
+    for b in dl.new(get_idxs=_ConstantFunc(idxs), drop_last=False): # as get_preds: the loader runs in the order read
+        assert b[0].device.type == 'meta' and len(b) == (1 if kind == 'test_dl' else 2)
+        n += len(b[0])
+    assert n == len(idxs)
+    res = nested_reorder(torch.arange(n), tensor(idxs).argsort()) # the predictions `to_detach` brought to the host
+    assert on_host(res) and torch.equal(torch.as_tensor(idxs)[res], torch.as_tensor(idxs).sort().values)
+
+def test_host_storage_draws_the_batches_the_device_storage_draws():
+    "A set above `max_device_bytes` stays on the host, copied over a batch at a time, in the device-held set's order"
+    dev, host = meta_dls(seed=3, batch_tfms=augs()), meta_dls(seed=3, max_device_bytes=0, batch_tfms=augs())
+    assert (dev.storage, host.storage) == ('device', 'host') and host.train_ds.x.device.type == 'cpu'
+    for _ in range(2): assert torch.equal(dev.train.get_idxs(), host.train.get_idxs()) # epoch after epoch
+    n = 0
+    for (xa, ya), (xb, yb) in zip(dev.train, host.train):
+        assert xa.shape == xb.shape and {xa.device.type, ya.device.type, xb.device.type, yb.device.type} == {'meta'}
+        n += 1
+    assert n == len(dev.train) == len(host.train)
+
+def test_prefetch_pins_the_host_tensors_only_and_copies_one_batch_ahead(monkeypatch):
+    "Before its copy to a GPU a batch is pinned, its host part only: targets on the device are not (CUDA: cannot pin)"
+    pinned, pin, pulled = [], torch.Tensor.pin_memory, []
+    def spy(t):
+        if t.device.type != 'cpu': return pin(t) # CUDA's "cannot pin 'torch.cuda.LongTensor'"
+        pinned.append(t); return t
+    monkeypatch.setattr(torch.Tensor, 'pin_memory', spy)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(compkit.data, 'to_device', lambda b, device, non_blocking=False: b) # no GPU to copy to
+    x, y = torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.long, device='meta')
+    def batches():
+        for i in range(3): pulled.append(i); yield x, y
+    for i, b in enumerate(compkit.data._prefetch(batches(), 'cuda')):
+        assert b[1] is y and len(pulled) == min(i + 2, 3) # batch i+1's copy is under way while batch i is used
+    assert len(pinned) == 3 and all(p is x for p in pinned)
+
+@pytest.mark.parametrize('boxes', [False, True])
+def test_a_training_pass_on_the_device_stays_there(boxes):
+    "The loader and every augmentation work on the batch's device: no CPU tensor mixed in, no device value read back"
+    dls = box_dls(device='meta', bs=64) if boxes else meta_dls(batch_tfms=augs())
+    for b in dls.train: assert {t.device.type for t in b} == {'meta'}
+
+def test_a_learner_holds_its_model_where_its_loaders_are():
+    "The model a `Learner` is given goes to the loaders' device: a batch can be fed to `learn.model` before any fit"
+    dls = meta_dls()
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    learn = timm_learner(dls, model)
+    assert next(learn.model.parameters()).device.type == 'meta'
+    assert learn.model(dls.one_batch()[0]).shape == (64, 10)
+
+# --- host reads: the CPU's stand-in for `torch.cuda.set_sync_debug_mode('error')` -----------------------------------
+
+aten = torch.ops.aten
+_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.nonzero.default, aten.masked_select.default,
+          aten.equal.default, aten.bincount.default, aten._unique2.default, aten.unique_consecutive.default,
+          aten.lift_fresh.default} # the last: a tensor made from Python numbers, on a GPU a blocking copy to it
+
+class HostReads(TorchDispatchMode):
+    "Records each op that makes the host wait for a GPU: a value read (`.item()`, `if t`), a result sized by values, a copy"
+    def __init__(self): super().__init__(); self.seen = []
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # indexing by a boolean mask finds the mask's indices on the host
+        mask = func.overloadpacket in (aten.index, aten.index_put, aten.index_put_) and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if func in _READS or mask:
+            self.seen.append(f"{func.overloadpacket.__name__} at\n{''.join(traceback.format_stack(limit=8)[:-1])}")
+        return func(*args, **(kwargs or {}))
+
+@pytest.mark.parametrize('boxes', [False, True])
+def test_a_training_pass_reads_nothing_back(boxes):
+    dls = box_dls(bs=64) if boxes else DeviceDataLoaders.from_tensorset(D, seed=0, bs=64, batch_tfms=augs())
+    for _ in dls.train: pass # the first pass makes the transforms' constants on the device, once
+    with HostReads() as reads:
+        for _ in dls.train: pass
+    assert not reads.seen, reads.seen[0]
+
+@pytest.mark.parametrize('cb', [MixUp(), CutMix(), MixUpCutMix(), MixUpCutMix(mode='elem')],
+                         ids=['mixup', 'cutmix', 'both-batch', 'both-elem'])
+def test_mixing_reads_nothing_back(cb):
+    xb, yb = DeviceDataLoaders.from_tensorset(D, seed=0).one_batch()
+    cb.mix(xb, (yb,)) # the first batch makes the Beta distributions' parameters on the device, once
+    with HostReads() as reads:
+        for _ in range(20): cb.mix(xb, (yb,))
+    assert not reads.seen, reads.seen[0]
