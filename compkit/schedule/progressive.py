@@ -11,6 +11,7 @@ from fastai.vision.core import TensorPoint, TensorBBox
 from fastai.callback.core import Callback
 from fastai.callback.mixup import MixHandler
 from ..core import lr_find_or_preds
+from ..classify.mixup import MixUpCutMix
 
 # %% auto #0
 __all__ = ['ProgressiveResize']
@@ -18,7 +19,8 @@ __all__ = ['ProgressiveResize']
 # %% ../../nbs/44_schedule.progressive.ipynb #08374132
 class ProgressiveResize(Callback):
     "Resize each training batch, boxes included, on its device to the size `sizes` gives its epoch ({epoch: size})"
-    order = MixHandler.order - 1 # before MixUp/CutMix mix the batch: they then work at the new size
+    # before compkit's MixUp/CutMix (and fastai's) mix the batch: they then work at the new size
+    order = min(MixUpCutMix.order, MixHandler.order) - 1
     def __init__(self,
                  sizes:dict, # {epoch: size} from that epoch on, an int or (h, w); before the first key, the data's
                  scale_bs:bool=False, # scale the batch size by area: the loader's own at the largest size, more at smaller ones
