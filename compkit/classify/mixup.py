@@ -146,7 +146,9 @@ class MixUpCutMix(Callback):
             return torch.lerp(lf(pred, *self.yb1), l, self.lam[0].to(l.dtype))
         with NoneReduce(lf) as nlf: l, l1 = nlf(pred, *yb), nlf(pred, *self.yb1)
         n = len(self.lam)
-        return reduce_loss(torch.lerp(l1.view(n, -1), l.view(n, -1), self.lam[:, None].to(l.dtype)), getattr(lf, 'reduction', 'mean'))
+        # reshape, not view: per-pixel losses of channels_last predictions need not be contiguous
+        mixed = torch.lerp(l1.reshape(n, -1), l.reshape(n, -1), self.lam[:, None].to(l.dtype))
+        return reduce_loss(mixed, getattr(lf, 'reduction', 'mean'))
 
 def _can_unreduce(lf) -> bool:
     "Whether fastai's `NoneReduce` can make `lf` return one loss per item"

@@ -40,7 +40,8 @@ class MultiHeadLoss:
 
 def _per_item(lf, p, y):
     "`lf`'s loss of each item of head output `p`: fastai's flat losses give one per element; average them per item"
-    with NoneReduce(lf) as nlf: return nlf(p, y).view(len(p), -1).mean(1)
+    # reshape, not view: a per-pixel loss of channels_last predictions need not be contiguous
+    with NoneReduce(lf) as nlf: return nlf(p, y).reshape(len(p), -1).mean(1)
 
 # %% ../../nbs/21_classify.multihead.ipynb #459f461b
 class MultiHead(nn.Module):
