@@ -4,17 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #15182fe5
 from __future__ import annotations
-import os, tempfile
+import glob, os, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 import torch, torch.distributed as dist
 from torch import nn
+from fastcore.basics import noop
 from fastai.torch_core import set_seed
+from fastai.callback.core import CancelFitException
 from fastai.callback.schedule import LRFinder
 
 # %% auto #0
 __all__ = ['seed_everything', 'draw_seed', 'get_device', 'device_generator', 'atomic_write', 'kept_state', 'rank_world',
-           'from_rank0', 'barrier', 'lr_find_or_preds']
+           'from_rank0', 'barrier', 'lr_find_or_preds', 'on_fit_exit']
 
 # %% ../nbs/00_core.ipynb #98946f64
 _seedings = 0 # how many times `seed_everything` has run
@@ -57,6 +59,8 @@ def atomic_write(path:str|Path, # the file to write
     "Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure it is removed"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a process killed mid-write (SIGKILL, a lost node) leaves its temporary file: the next write of `path` removes it
+    for orphan in glob.glob(glob.escape(str(path.parent/f'.{path.name}.')) + '*.tmp'): Path(orphan).unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
     try:
@@ -99,3 +103,36 @@ def lr_find_or_preds(learn, # a fastai `Learner`
     # both run fastai's fit events: a callback that shapes training (a schedule, a mix, a resize) stands aside in them
     if hasattr(learn, 'lr_finder') or hasattr(learn, 'gather_preds'): return True
     return any(isinstance(cb, LRFinder) for cb in learn.cbs) # an `LRFinder` of another name
+
+# %% ../nbs/00_core.ipynb #09730cad
+class _ExitGuard:
+    "A learner's `_with_events` while a fit runs: an exception fastai does not handle runs the restores registered with it"
+    def __init__(self, learn): self.learn, self.fns = learn, []
+    def __call__(self, f, event_type, ex, final=noop):
+        try: return type(self.learn)._with_events(self.learn, f, event_type, ex, final)
+        except CancelFitException: raise # fastai's `fit` catches it and runs `after_cancel_fit` and `after_fit`
+        except BaseException:
+            for cb in self.learn.cbs: cb.run = True # as `after_fit` would: a callback switched off for this fit is on again
+            self.run()
+            raise
+    def run(self):
+        "Run the registered restores, the last registered first, and take the guard off the learner"
+        try:
+            while self.fns: self.fns[-1]() # each removes itself
+        finally: self.remove()
+    def remove(self):
+        if self.learn.__dict__.get('_with_events') is self: del self.learn._with_events
+
+def on_fit_exit(learn, # the learner whose fit is running: call from `before_fit`
+                restore, # puts back what the caller changes during the fit
+               ):
+    "Run `restore` once when the fit now running on `learn` ends: call the result from `after_fit`; an exception fastai lets through (a KeyboardInterrupt, an error in any callback), which skips `after_fit`, runs it too"
+    guard = learn.__dict__.get('_with_events')
+    if not isinstance(guard, _ExitGuard): guard = learn._with_events = _ExitGuard(learn)
+    def once():
+        if once not in guard.fns: return # ran already
+        guard.fns.remove(once)
+        if not guard.fns: guard.remove()
+        restore()
+    guard.fns.append(once)
+    return once

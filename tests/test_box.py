@@ -5,6 +5,7 @@ from torch import nn
 from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback
 from fastai.callback.progress import CSVLogger
 from fastai.callback.core import Callback
+from fastai.learner import Metric
 from fastai.learner import load_learner
 from fastai.layers import ConvLayer
 from fastai.vision.core import TensorBBox
@@ -16,7 +17,7 @@ from compkit.box.data import check_boxes, fit_boxes
 from compkit.box.model import box_learner
 from compkit.box.ops import paired_box_iou
 from compkit.schedule.progressive import ProgressiveResize
-from compkit.box.losses import scaled_iou_loss, scaled_center_loss, CompositeBoxLoss, BoxLossSwitch
+from compkit.box.losses import scaled_iou_loss, scaled_center_loss, CompositeBoxLoss, BoxLossSwitch, AccIoU
 
 D = digit_boxes(32, n=400, seed=0)
 
@@ -74,6 +75,39 @@ def test_switch_by_threshold_and_not_in_lr_find():
     learn.remove_cb(kept); learn.metrics = []
     with pytest.raises(ValueError, match='mean_iou'):
         with learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=BoxLossSwitch())
+
+class Scripted(Metric):
+    "A metric named `name` whose value in the `e`-th validation is `values[e]`: the switch's threshold, tested away from 0"
+    def __init__(self, name, values): self._name, self.values, self.e = name, values, -1
+    def reset(self): self.e += 1
+    def accumulate(self, learn): pass
+    @property
+    def value(self): return self.values[self.e]
+    @property
+    def name(self): return self._name
+
+@pytest.mark.parametrize('thresh, used', [(0.7, ['BaseLoss'] * 3 + ['CompositeBoxLoss']), (0.74, ['BaseLoss'] * 3 + ['CompositeBoxLoss']),
+                                          (0.76, ['BaseLoss'] * 4)])
+def test_switch_the_epoch_after_the_metric_reaches_thresh(thresh, used):
+    learn = box_learner(dls_(), small_body(), metrics=Scripted('mean_iou', [0.3, 0.6, 0.75, 0.8]))
+    log = LossLog()
+    with learn.no_bar(), learn.no_logging(): learn.fit(4, 3e-3, cbs=[BoxLossSwitch(thresh=thresh), log])
+    assert log.used == used
+
+def test_an_interrupted_fit_puts_the_loss_back():
+    learn = box_learner(dls_(), small_body())
+    l1 = learn.loss_func
+    class Stop(Callback):
+        order = BoxLossSwitch.order + 1
+        def after_batch(self):
+            if self.epoch == 1 and self.training: raise KeyboardInterrupt()
+    with learn.no_bar(), learn.no_logging(), pytest.raises(KeyboardInterrupt): learn.fit(3, 3e-3, cbs=[BoxLossSwitch(thresh=None, at_epoch=1), Stop()])
+    assert learn.loss_func is l1
+
+@pytest.mark.parametrize('make, msg', [(lambda: BoxLossSwitch(thresh=90), 'thresh'), (lambda: BoxLossSwitch(thresh=None, at_epoch=-1), 'at_epoch'),
+                                       (lambda: AccIoU(1.5), 'thresh')])
+def test_thresholds_outside_0_1_are_refused(make, msg):
+    with pytest.raises(ValueError, match=msg): make()
 
 def test_export_and_predict_on_a_new_size(tmp_path):
     learn = box_learner(dls_(), small_body())

@@ -190,6 +190,33 @@ def test_every_callback_restores_the_learner(dls, make, cancel):
     with quiet(learn): learn.validate(); learn.get_preds()
     assert same(w, weights(learn)) and state(learn) == s0 # attached to the learner, they do nothing outside a fit
 
+class Interrupt(Callback):
+    "Raise `exc` at `event` of epoch `epoch` (on a training batch, for the batch events): what fastai lets through"
+    order = 100
+    def __init__(self, event, epoch, exc=KeyboardInterrupt): self.event, self.at, self.exc = event, epoch, exc
+    def _maybe(self, event):
+        if event == self.event and self.epoch == self.at and (event not in ('before_batch', 'after_batch') or self.training): raise self.exc(f'stopped at {event}')
+for _e in ('before_epoch', 'before_batch', 'after_batch', 'after_train', 'before_validate', 'after_epoch'):
+    setattr(Interrupt, _e, (lambda e: lambda self: self._maybe(e))(_e))
+
+SCHEDULE_CBS = dict(snapshot=lambda: SnapshotEnsemble(to_disk=False), swa=lambda: SWA(start_pct=0.25, swa_lr=5e-4), tempering=lambda: Tempering(switch_epoch=1),
+                    progressive=lambda: ProgressiveResize({0: 12, 2: 16}, scale_bs=True))
+
+@pytest.mark.parametrize('make', SCHEDULE_CBS.values(), ids=SCHEDULE_CBS.keys())
+@pytest.mark.parametrize('event, epoch, exc', [('before_epoch', 0, KeyboardInterrupt), ('after_batch', 0, KeyboardInterrupt), ('after_train', 1, KeyboardInterrupt),
+                                               ('before_validate', 1, RuntimeError), ('after_epoch', 2, KeyboardInterrupt)])
+def test_an_interrupted_fit_leaves_the_learner_as_a_fresh_one(make, event, epoch, exc):
+    "fastai skips after_fit on a KeyboardInterrupt or an error: the learner, its loader and optimizer still come back"
+    dls = DeviceDataLoaders.from_tensors(D.x[:320], D.y[:320], bs=64, seed=0, batch_tfms=RandomPadCrop(2))
+    cb = make()
+    learn = timm_learner(dls, small_cnn(), cbs=cb)
+    learn.create_opt(); learn.opt.set_hyper('lr', 1e-3)
+    fresh = state(learn) # as a new learner is: loader, transforms, loss, rates, callbacks
+    with quiet(learn), learn.no_logging(), pytest.raises(exc): learn.fit(3, 1e-3, cbs=Interrupt(event, epoch, exc))
+    assert state(learn) == fresh and cb.run and '_with_events' not in learn.__dict__
+    with quiet(learn), learn.no_logging(): learn.fit(3, 1e-3) # the next fit starts from the loader as it was, and puts it back
+    assert state(learn) == fresh
+
 def test_each_callback_is_off_inside_lr_find_bounds(dls):
     class Batches(Callback):
         order = 100

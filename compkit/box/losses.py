@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fastcore.basics import store_attr, ifnone
 from fastai.learner import AvgMetric, Recorder
 from fastai.callback.core import Callback
-from ..core import lr_find_or_preds
+from ..core import lr_find_or_preds, on_fit_exit
 from .ops import _plain, _inter_areas, paired_box_iou
 
 # %% auto #0
@@ -85,12 +85,14 @@ def iou_accuracy(inp:Tensor, # predicted boxes (N, 4), xyxy
                  thresh:float=0.5, # a prediction is a hit when its IoU with the target is at least this
                 ) -> Tensor:
     "The fraction of predicted boxes whose IoU with their target is at least `thresh`"
+    if not 0 <= thresh <= 1: raise ValueError(f"thresh must be an IoU in [0, 1], not {thresh}")
     return (paired_box_iou(inp, targ) >= thresh).float().mean()
 
 # %% ../../nbs/31_box.losses.ipynb #835758ff
 class AccIoU(AvgMetric):
     "fastai metric `iou_accuracy` at `thresh`, named `acc_iou50`, `acc_iou75`, ... in the training table"
     def __init__(self, thresh:float=0.5): # the IoU at which a box counts as a hit
+        if not 0 <= thresh <= 1: raise ValueError(f"thresh must be an IoU in [0, 1], not {thresh}")
         super().__init__(partial(iou_accuracy, thresh=thresh)); self.thresh = thresh
     @property
     def name(self): return f'acc_iou{round(self.thresh * 100)}'
@@ -104,6 +106,8 @@ class BoxLossSwitch(Callback):
                  at_epoch:int|None=None, # switch when this epoch (0-based) starts, at the latest
                  monitor:str='mean_iou'): # the name of the metric compared with `thresh`
         if thresh is None and at_epoch is None: raise ValueError("give a `thresh` on the valid metric, an `at_epoch`, or both")
+        if thresh is not None and not 0 <= thresh <= 1: raise ValueError(f"thresh must be a mean IoU in [0, 1], not {thresh}")
+        if at_epoch is not None and (type(at_epoch) is not int or at_epoch < 0): raise ValueError(f"at_epoch must be an epoch >= 0, not {at_epoch!r}")
         store_attr('thresh,at_epoch,monitor'); self.composite, self.switch_epoch = ifnone(composite, CompositeBoxLoss()), None
     def before_fit(self): self.run, self.old_loss = not lr_find_or_preds(self.learn), None
     def before_train(self):
@@ -116,6 +120,7 @@ class BoxLossSwitch(Callback):
             raise ValueError(f"BoxLossSwitch watches {self.monitor!r}, which is not among the metrics {names}: "
                              "add `mean_iou` to the learner's metrics, or pass thresh=None and an `at_epoch`")
         self.old_loss, self.switch_epoch = self.learn.loss_func, None
+        self.restore = on_fit_exit(self.learn, self._put_back) # the loss goes back however the fit ends
     def after_epoch(self):
         if self.old_loss is None or self.thresh is None: return
         value = next(m for m in self.learn.metrics if getattr(m, 'name', None) == self.monitor).value
@@ -123,5 +128,5 @@ class BoxLossSwitch(Callback):
     def _switch(self, epoch):
         if self.switch_epoch is None: self.learn.loss_func, self.switch_epoch = self.composite, epoch
     def after_fit(self):
-        if self.old_loss is not None: self.learn.loss_func, self.old_loss = self.old_loss, None
-    def after_cancel_fit(self): self.after_fit()
+        if self.old_loss is not None: self.restore()
+    def _put_back(self): self.learn.loss_func, self.old_loss = self.old_loss, None

@@ -10,7 +10,7 @@ from fastai.torch_core import TensorMask
 from fastai.vision.core import TensorPoint, TensorBBox
 from fastai.callback.core import Callback
 from fastai.callback.mixup import MixHandler
-from ..core import lr_find_or_preds
+from ..core import lr_find_or_preds, on_fit_exit
 from ..classify.mixup import MixUpCutMix
 
 # %% auto #0
@@ -51,6 +51,7 @@ class ProgressiveResize(Callback):
     def before_fit(self):
         self.run = not lr_find_or_preds(self.learn)
         self.bs, self.n_read = self.dls.train.bs, 0
+        if self.run: self.restore = on_fit_exit(self.learn, self._put_back) # however the fit ends
     def before_epoch(self): self.trained = False
     def before_train(self):
         if self.patience is not None: self._plateau()
@@ -91,6 +92,6 @@ class ProgressiveResize(Callback):
         y = y.clone(); y[..., 0::2] *= fx; y[..., 1::2] *= fy # Python factors: no host-to-device copy per batch
         return y
     def _resize(self, x, mode): return F.interpolate(x, self.size, mode=mode, antialias=mode in ('bilinear', 'bicubic'))
-    def after_fit(self):
-        self.dls.train.bs, self.size = self.bs, None
+    def after_fit(self): self.restore()
+    def _put_back(self): self.dls.train.bs, self.size = self.bs, None
 

@@ -10,7 +10,7 @@ from fastcore.basics import store_attr, ifnone
 from fastai.torch_core import get_model
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
-from ..core import lr_find_or_preds, rank_world
+from ..core import lr_find_or_preds, rank_world, on_fit_exit
 
 # %% auto #0
 __all__ = ['SWA']
@@ -31,6 +31,7 @@ class SWA(Callback):
     def before_fit(self):
         self.run = not lr_find_or_preds(self.learn)
         self.swa_model, self.lrs = None, None if self.opt is None else [h['lr'] for h in self.opt.hypers]
+        if self.run: self.restore = on_fit_exit(self.learn, self._put_back) # however the fit ends
     def before_train(self):
         if self.swa_model is None and self.epoch >= min(self.n_epoch - 1, int(self.start_pct * self.n_epoch)): self._start()
     def before_batch(self):
@@ -40,7 +41,8 @@ class SWA(Callback):
         self.swa_model.update_parameters(self.model); self.epochs.append(self.epoch)
         self.swa_opt.step(); self.sched.step() # the stand-in has no gradients: its step moves nothing, but torch expects one before the scheduler's
         if self.epoch == self.n_epoch - 1: self._finish()
-    def after_fit(self):
+    def after_fit(self): self.restore()
+    def _put_back(self):
         if self.lrs is not None: self.opt.set_hyper('lr', self.lrs)
         self.swa_model = self.swa_opt = self.sched = None # the average is in the model now; free its copy
 

@@ -9,7 +9,7 @@ from fastcore.foundation import L
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 from fastai.vision.augment import RandTransform
-from ..core import lr_find_or_preds
+from ..core import lr_find_or_preds, on_fit_exit
 
 # %% auto #0
 __all__ = ['Tempering']
@@ -42,7 +42,7 @@ class Tempering(Callback):
         self.plain = tuple(L(t for t in fs if not aug(t)) for fs in self.orig[1:])
         self.sizes = ifnone(self.bs_start, 2 * dl.bs), ifnone(self.bs_end, dl.bs)
         if dl.drop_last and self.sizes[0] > dl.n: raise ValueError(f"bs_start={self.sizes[0]} is above the {dl.n} training items and the loader drops its last batch: nothing would train; lower bs_start")
-        self._apply()
+        self.restore = on_fit_exit(self.learn, self._put_back) # however the fit ends
 
     def _apply(self):
         "Set the training loader and the lr factor for the current phase"
@@ -51,7 +51,7 @@ class Tempering(Callback):
         dl.after_item.fs, dl.after_batch.fs = self.orig[1:] if self.switched else self.plain
         self.factor = (self.sizes[1] / self.sizes[0]) ** _lr_power[self.lr_rule] if self.switched else 1.
 
-    def before_epoch(self): self.trained = False
+    def before_epoch(self): self.trained = False; self._apply() # from here on, an exception puts the loader back
     def before_train(self): self.trained = True
     def before_batch(self):
         self.unscaled = [h['lr'] for h in self.opt.hypers]
@@ -85,7 +85,9 @@ class Tempering(Callback):
         last = hist[-patience-1:]
         return all(v1 > v0 and t1 < t0 for (t0, v0), (t1, v1) in zip(last, last[1:]))
 
-    def after_fit(self):
+    def after_fit(self): self.restore()
+    def _put_back(self):
+        "The loader's batch size and transforms and the optimizer's rates as they were before the fit"
         self._unscale()
         dl = self.dls.train
         dl.bs, dl.after_item.fs, dl.after_batch.fs = self.orig
