@@ -9,6 +9,7 @@ from fastai.vision.all import (Learner, Callback, CancelFitException, accuracy, 
                                TensorMultiCategory, TensorBBox, CategoryMap, GradientAccumulation, MixedPrecision, ClassificationInterpretation,
                                load_learner, ImageDataLoaders, Resize, to_float)
 from fastai.callback.mixup import MixUp as FastaiMixUp
+from compkit.core import seed_everything
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
 from compkit.classify.mixup import MixUp, CutMix, MixUpCutMix
@@ -202,3 +203,20 @@ def test_refuses_boxes_and_unreducible_losses():
     assert learn.loss_func is lf
     learn = Learner(dls_(TensorCategory(D.y)), SmallNet(10), loss_func=lambda p, y: F.cross_entropy(p, y), cbs=MixUp(mode='elem'))
     with pytest.raises(ValueError, match="mode='batch'"), learn.no_bar(), learn.no_logging(): learn.fit(1)
+
+def test_batch_draws_are_seeded_on_the_host():
+    "Per batch, λ, the box and the choice come from the callback's own seeded host generator: one seed, one fit"
+    class Lams(Callback):
+        order = MixUpCutMix.order + 1
+        def before_fit(self): self.lams = []
+        def before_batch(self):
+            if self.training: lam = self.learn.mix_up_cut_mix.lam; self.lams.append((lam.device.type, float(lam)))
+    def run(seed):
+        seed_everything(0)                                                     # the same init and loader order
+        learn = Learner(dls_(TensorCategory(D.y)), SmallNet(10), loss_func=CrossEntropyLossFlat(), cbs=[MixUpCutMix(seed=seed), Lams()])
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+        return learn.lams.lams, [p.detach().clone() for p in learn.model.parameters()]
+    (l1, w1), (l2, w2), (l3, _) = run(5), run(5), run(6)
+    assert l1 == l2 and all(torch.equal(a, b) for a, b in zip(w1, w2))      # reproducible
+    assert l1 != l3 and {d for d, _ in l1} == {'cpu'}                       # another seed, other draws; λ on the host
+    assert len({round(v, 6) for _, v in l1}) == len(l1) == len(dls_(TensorCategory(D.y)).train)
