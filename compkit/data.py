@@ -18,7 +18,7 @@ from fastai.losses import CrossEntropyLossFlat, BCEWithLogitsLossFlat
 from fastai.data.transforms import Category, MultiCategory, CategoryMap, get_image_files
 import fastai.vision.data # registers `show_batch` and `show_results` for `TensorImage` batches
 from .core import get_device, device_generator, draw_seed, rank_world, from_rank0
-from .ingest import fit_image, check_image, class_labels, load_images, images_from_arrays
+from .ingest import fit_image, check_image, class_labels, load_images, images_from_arrays, mapped_rows
 from .datasets import TensorSet
 from .augment import IntToFloatTensor, Normalize # fastai's, without per-element type dispatch
 
@@ -263,8 +263,11 @@ class DeviceDataLoaders(DataLoaders):
                    else WeightedSampler.balanced(ys[0][train_idx].cpu()))
         device = get_device(device)
         on_host = x.nbytes > ifnone(max_device_bytes, _device_budget(device))
-        train_ds, valid_ds = (DeviceDataset(x[i], tuple(y[i] for y in ys), vocabs, split_idx, method).to(device, keep_x_on_host=on_host)
-                              for split_idx, i in enumerate((train_idx, valid_idx)))
+        # a set kept on the host that `load_images` mapped from its cache is split into files, not into memory
+        def split(k, i):
+            ds = DeviceDataset(mapped_rows(x, i) if on_host else x[i], tuple(y[i] for y in ys), vocabs, k, method)
+            return ds.to(device, keep_x_on_host=on_host)
+        train_ds, valid_ds = split(0, train_idx), split(1, valid_idx)
         tfms = [IntToFloatTensor()] + ([Normalize(*(t.view(1, -1, 1, 1).to(device) for t in image_stats(train_ds.x)))] if normalize else [])
         train = DeviceDL(train_ds, bs=bs, shuffle=True, drop_last=len(train_ds) > bs, sampler=sampler, device=device,
                          seed=ifnone(seed, draw_seed()), after_batch=tfms + L(batch_tfms))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-import hashlib, json, math, os, time
+import hashlib, json, math, os, tempfile, time
 import numpy as np, torch
 from PIL import Image
 import torchvision.transforms.v2.functional as TF
@@ -16,7 +16,8 @@ from fastai.data.transforms import CategoryMap
 from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
-__all__ = ['FIT_METHODS', 'fit_image', 'read_image', 'load_images', 'check_image', 'images_from_arrays', 'class_labels']
+__all__ = ['FIT_METHODS', 'fit_image', 'read_image', 'load_images', 'mapped_rows', 'check_image', 'images_from_arrays',
+           'class_labels']
 
 # %% ../nbs/05_ingest.ipynb #1236b9d0
 FIT_METHODS = ('letterbox', 'squash', 'crop')
@@ -104,7 +105,7 @@ def load_images(paths:list, # image files
     folder = Path(cache_dir or os.environ.get('COMPKIT_CACHE') or Path.home()/'.cache'/'compkit'/'images')
     key = hashlib.sha1(json.dumps([params, files]).encode()).hexdigest()[:20]
     fn = folder/f'{key}.npy'
-    if fn.exists(): return torch.from_numpy(np.load(fn, mmap_mode='c'))
+    if fn.exists(): return _mapped(fn)
     folder.mkdir(parents=True, exist_ok=True)
     first = read(0)
     partial = folder/f'{key}.{os.getpid()}.partial'
@@ -122,10 +123,16 @@ def load_images(paths:list, # image files
     os.close(fd)
     (folder/f'{key}.json').write_text(json.dumps(dict(params=params, files=files)))
     os.replace(partial, fn) # atomic: another process sees the whole cache or none
-    return torch.from_numpy(np.load(fn, mmap_mode='c'))
+    return _mapped(fn)
 
 # %% ../nbs/05_ingest.ipynb #bb6baa16
 _CACHE_VERSION = 1 # bump when the decoding or fitting changes what a cached set holds
+
+def _mapped(fn):
+    "The set cached at `fn` as a tensor on the file's pages (copy-on-write): rows are read from disk when used"
+    x = torch.from_numpy(np.load(fn, mmap_mode='c'))
+    x.mapped_from = fn # `mapped_rows` splits it into files beside this one, never into memory
+    return x
 
 def _file_stats(paths):
     "[path, bytes, mtime in ns] of each file: the cache key; a missing file raises naming it"
@@ -172,6 +179,24 @@ def _reuse_rows(folder, params, files, shape, put):
     if src.shape[1:] != shape[1:]: return set()
     for i, j in rows.items(): put(i, torch.from_numpy(np.array(src[j])))
     return set(rows)
+
+# %% ../nbs/05_ingest.ipynb #ad470041
+def mapped_rows(x:torch.Tensor, # images `load_images` returned from its cache (on the file's pages)
+                idx:torch.Tensor, # the rows to take, as for `x[idx]`
+                chunk:int=1024, # rows copied at a time: the most held in memory
+               ) -> torch.Tensor:
+    "`x[idx]` for a cached set, into a file beside the cache, a chunk at a time: the split of a set larger than RAM"
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    if not hasattr(x, 'mapped_from') or len(idx) == 0: return x[idx]
+    fd, name = tempfile.mkstemp(suffix='.rows', dir=Path(x.mapped_from).parent)
+    n = len(idx) * x[0].numel()
+    try:
+        os.ftruncate(fd, n)
+        out = torch.from_file(name, shared=True, size=n, dtype=torch.uint8).view(len(idx), *x.shape[1:])
+    finally: os.close(fd); os.unlink(name) # the mapping keeps the pages; the disk space goes with the tensor
+    for s in range(0, len(idx), chunk): out[s:s + chunk] = x.index_select(0, idx[s:s + chunk])
+    out.mapped_from = x.mapped_from
+    return out
 
 # %% ../nbs/05_ingest.ipynb #3a3f6c4c
 def check_image(x:torch.Tensor, # uint8 image (C,H,W) or images (N,C,H,W)

@@ -167,6 +167,17 @@ def test_corrupt_and_empty_files_are_named(tmp_path):
     (tmp_path/'c'/'1.png').write_bytes(b'')
     with pytest.raises(ValueError, match='1.png'): DeviceDataLoaders.from_folder(tmp_path, size=8)
 
+def test_a_cached_set_kept_on_the_host_is_split_into_files(tmp_path):
+    "Kept on the host (over `max_device_bytes`), a cached set's splits stay on file pages; same batches as in memory"
+    save_folder(tmp_path/'img', [D.x[i, 0].numpy() for i in range(40)])
+    kw = dict(size=16, valid_pct=0.25, seed=0, bs=8, max_device_bytes=0)
+    mapped = DeviceDataLoaders.from_folder(tmp_path/'img', cache_dir=tmp_path/'c', **kw)
+    plain = DeviceDataLoaders.from_folder(tmp_path/'img', cache=False, **kw)
+    assert hasattr(mapped.train_ds.x, 'mapped_from') and not hasattr(plain.train_ds.x, 'mapped_from')
+    assert mapped.storage == 'host'
+    for a, b in zip(mapped.valid, plain.valid): assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(mapped.train_ds.x, plain.train_ds.x)
+
 def test_mixed_channels_are_named(tmp_path):
     save_folder(tmp_path, [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.uint8)])
     with pytest.raises(ValueError, match='1.png'): DeviceDataLoaders.from_folder(tmp_path, size=8)
