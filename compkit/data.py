@@ -8,7 +8,7 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from fastcore.basics import store_attr, ifnone, defaults
+from fastcore.basics import store_attr, ifnone, defaults, patch
 from fastcore.foundation import L
 from fastai.torch_core import TensorImage, TensorCategory, TensorMultiCategory, to_device, to_detach, apply
 from fastai.data.core import TfmdDL, DataLoaders
@@ -275,77 +275,83 @@ class DeviceDataLoaders(DataLoaders):
         res.storage = 'host' if on_host else 'device'
         return res
 
-    @classmethod
-    def from_tensors(cls,
-                     x:torch.Tensor, # uint8 images (N, C, H, W)
-                     y, # class of each image: int indices, or any labels (str, ...) mapped through `vocab`
-                     vocab=None, # class names in index order (default: 0..max for ints, sorted labels otherwise)
-                     size:int|tuple|None=None, # fit the images to this size once, at ingest
-                     method:str='letterbox', # 'letterbox', 'squash' or 'crop' (see `fit_image`)
-                     **kwargs): # see `from_targets`: `valid_pct`, `seed`, `bs`, `batch_tfms`, `oversample`, ...
-        "Loaders from a uint8 tensor `x` (N,C,H,W) and class labels `y`, checked at ingest"
-        x = check_image(torch.as_tensor(x))
-        y, vocab = class_labels(y, vocab)
-        if size is not None: x = fit_image(x, size, method)
-        return cls.from_targets(x, (TensorCategory(y),), (vocab,), method=method, **kwargs)
-
-    @classmethod
-    def from_tensorset(cls, ts:TensorSet, **kwargs):
-        "Loaders from a `TensorSet` (e.g. `digits()`), with its split and vocab"
-        return cls.from_tensors(ts.x, ts.y, valid_idx=ts.valid_idx, vocab=ts.vocab, **kwargs)
-
-    @classmethod
-    def from_arrays(cls, x, y, size=None, method='letterbox', **kwargs):
-        "Loaders from uint8 numpy images in any common layout (see `images_from_arrays`), fitted to `size`"
-        return cls.from_tensors(images_from_arrays(x, size, method), y, method=method, **kwargs)
-
-    @classmethod
-    def from_df(cls, df, path='.', fn_col=0, label_col=1, valid_col=None, size=224, method='letterbox', channels=None, vocab=None,
-                cache=True, cache_dir=None, **kwargs):
-        "Loaders from a DataFrame of image files (`fn_col`, relative to `path`) and labels, read and fitted to `size` once"
-        # the fitted set is cached on disk for the next run (`load_images`'s `cache`, `cache_dir`)
-        col = lambda c: df.iloc[:, c] if isinstance(c, int) else df[c]
-        y, vocab = class_labels(list(col(label_col)), vocab) # before reading any file: a bad label fails fast
-        if valid_col is not None: kwargs['valid_idx'] = np.flatnonzero(col(valid_col).to_numpy(bool))
-        x = load_images([Path(path)/f for f in col(fn_col)], size, method, channels, cache, cache_dir)
-        return cls.from_tensors(x, y, vocab=vocab, method=method, path=path, **kwargs)
-
-    @classmethod
-    def from_folder(cls, path, valid='valid', size=224, method='letterbox', channels=None, **kwargs):
-        "Loaders from images in class-per-folder layout; files under a `valid` folder form the validation set, if any"
-        path = Path(path)
-        files = get_image_files(path)
-        if not files: raise ValueError(f"no image files under {path}")
-        rel = [f.relative_to(path).parts for f in files]
-        if any(p[0] == valid for p in rel): kwargs['valid_idx'] = [i for i, p in enumerate(rel) if p[0] == valid]
-        df = pd.DataFrame({'fn': [str(f) for f in files], 'label': [f.parent.name for f in files]})
-        return cls.from_df(df, size=size, method=method, channels=channels, **kwargs)
-
-    def test_dl(self,
-                items, # uint8 images: a tensor/array (N,...) or a list of arrays, tensors (C,H,W) or image files
-                labels=None, # optional class labels, for `get_preds` with targets
-                rm_type_tfms=None, # accepted for fastai's `Learner.predict`; unused
-                size:int|tuple|None=None, # fit the images to this size instead (a global-pooling model can test larger)
-                **kwargs): # passed to `DeviceDL.new`
-        "A loader for new images, fitted to the training size (or `size`) as at ingest, with the validation transforms"
-        ds = self.valid_ds
-        size = tuple(ds.x.shape[-2:]) if size is None else (size, size) if isinstance(size, int) else tuple(size)
-        channels = ds.x.shape[1]
-        items = items if isinstance(items, (np.ndarray, torch.Tensor)) else list(items)
-        is_file = lambda o: isinstance(o, (str, Path))
-        x = load_images(items, size, ds.method, channels) if len(items) and all(map(is_file, items)) else images_from_arrays(items, size, ds.method)
-        if x.shape[1] != channels: raise ValueError(f"the new images have {x.shape[1]} channel(s) but the model was trained on {channels}")
-        ys = () if labels is None else (TensorCategory(class_labels(labels, ds.vocab)[0]),)
-        new_ds = ds.new(x, ys, split_idx=1).to(self.device, keep_x_on_host=_kept_on_host(ds.x, self.device))
-        return self.valid.new(new_ds, **{'shuffle': False, 'drop_last': False, **kwargs})
-
-    def class_weights(self):
-        "`class_balance_weights` of the training set's classes, on the device: the `weight` for a class-weighted loss"
-        return class_balance_weights(self.train_ds.ys[0], self.c).to(self.device)
-
 def _device_budget(device:torch.device) -> float:
     "Bytes of images to hold on `device`: half the free memory of a GPU, unlimited on the CPU (the set is in RAM anyway)"
     return torch.cuda.mem_get_info(device)[0] / 2 if device.type == 'cuda' else math.inf
+
+# %% ../nbs/10_data.ipynb #49f2c72a
+@patch(cls_method=True)
+def from_tensors(cls:DeviceDataLoaders,
+                 x:torch.Tensor, # uint8 images (N, C, H, W)
+                 y, # class of each image: int indices, or any labels (str, ...) mapped through `vocab`
+                 vocab=None, # class names in index order (default: 0..max for ints, sorted labels otherwise)
+                 size:int|tuple|None=None, # fit the images to this size once, at ingest
+                 method:str='letterbox', # 'letterbox', 'squash' or 'crop' (see `fit_image`)
+                 **kwargs): # see `from_targets`: `valid_pct`, `seed`, `bs`, `batch_tfms`, `oversample`, ...
+    "Loaders from a uint8 tensor `x` (N,C,H,W) and class labels `y`, checked at ingest"
+    x = check_image(torch.as_tensor(x))
+    y, vocab = class_labels(y, vocab)
+    if size is not None: x = fit_image(x, size, method)
+    return cls.from_targets(x, (TensorCategory(y),), (vocab,), method=method, **kwargs)
+
+@patch(cls_method=True)
+def from_tensorset(cls:DeviceDataLoaders, ts:TensorSet, **kwargs):
+    "Loaders from a `TensorSet` (e.g. `digits()`), with its split and vocab"
+    return cls.from_tensors(ts.x, ts.y, valid_idx=ts.valid_idx, vocab=ts.vocab, **kwargs)
+
+# %% ../nbs/10_data.ipynb #65d3816f
+@patch
+def test_dl(self:DeviceDataLoaders,
+            items, # uint8 images: a tensor/array (N,...) or a list of arrays, tensors (C,H,W) or image files
+            labels=None, # optional class labels, for `get_preds` with targets
+            rm_type_tfms=None, # accepted for fastai's `Learner.predict`; unused
+            size:int|tuple|None=None, # fit the images to this size instead (a global-pooling model can test larger)
+            **kwargs): # passed to `DeviceDL.new`
+    "A loader for new images, fitted to the training size (or `size`) as at ingest, with the validation transforms"
+    ds = self.valid_ds
+    size = tuple(ds.x.shape[-2:]) if size is None else (size, size) if isinstance(size, int) else tuple(size)
+    channels = ds.x.shape[1]
+    items = items if isinstance(items, (np.ndarray, torch.Tensor)) else list(items)
+    is_file = lambda o: isinstance(o, (str, Path))
+    x = load_images(items, size, ds.method, channels) if len(items) and all(map(is_file, items)) else images_from_arrays(items, size, ds.method)
+    if x.shape[1] != channels: raise ValueError(f"the new images have {x.shape[1]} channel(s) but the model was trained on {channels}")
+    ys = () if labels is None else (TensorCategory(class_labels(labels, ds.vocab)[0]),)
+    new_ds = ds.new(x, ys, split_idx=1).to(self.device, keep_x_on_host=_kept_on_host(ds.x, self.device))
+    return self.valid.new(new_ds, **{'shuffle': False, 'drop_last': False, **kwargs})
+
+# %% ../nbs/10_data.ipynb #a33300ad
+@patch
+def class_weights(self:DeviceDataLoaders):
+    "`class_balance_weights` of the training set's classes, on the device: the `weight` for a class-weighted loss"
+    return class_balance_weights(self.train_ds.ys[0], self.c).to(self.device)
+
+# %% ../nbs/10_data.ipynb #92040a04
+@patch(cls_method=True)
+def from_arrays(cls:DeviceDataLoaders, x, y, size=None, method='letterbox', **kwargs):
+    "Loaders from uint8 numpy images in any common layout (see `images_from_arrays`), fitted to `size`"
+    return cls.from_tensors(images_from_arrays(x, size, method), y, method=method, **kwargs)
+
+@patch(cls_method=True)
+def from_df(cls:DeviceDataLoaders, df, path='.', fn_col=0, label_col=1, valid_col=None, size=224, method='letterbox', channels=None, vocab=None,
+            cache=True, cache_dir=None, **kwargs):
+    "Loaders from a DataFrame of image files (`fn_col`, relative to `path`) and labels, read and fitted to `size` once"
+    # the fitted set is cached on disk for the next run (`load_images`'s `cache`, `cache_dir`)
+    col = lambda c: df.iloc[:, c] if isinstance(c, int) else df[c]
+    y, vocab = class_labels(list(col(label_col)), vocab) # before reading any file: a bad label fails fast
+    if valid_col is not None: kwargs['valid_idx'] = np.flatnonzero(col(valid_col).to_numpy(bool))
+    x = load_images([Path(path)/f for f in col(fn_col)], size, method, channels, cache, cache_dir)
+    return cls.from_tensors(x, y, vocab=vocab, method=method, path=path, **kwargs)
+
+@patch(cls_method=True)
+def from_folder(cls:DeviceDataLoaders, path, valid='valid', size=224, method='letterbox', channels=None, **kwargs):
+    "Loaders from images in class-per-folder layout; files under a `valid` folder form the validation set, if any"
+    path = Path(path)
+    files = get_image_files(path)
+    if not files: raise ValueError(f"no image files under {path}")
+    rel = [f.relative_to(path).parts for f in files]
+    if any(p[0] == valid for p in rel): kwargs['valid_idx'] = [i for i, p in enumerate(rel) if p[0] == valid]
+    df = pd.DataFrame({'fn': [str(f) for f in files], 'label': [f.parent.name for f in files]})
+    return cls.from_df(df, size=size, method=method, channels=channels, **kwargs)
 
 # %% ../nbs/10_data.ipynb #ba8682e4
 def with_train(dls:DeviceDataLoaders, # the loaders to copy
