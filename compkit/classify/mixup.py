@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools, inspect
 import numpy as np, torch
 from torch.distributions.beta import Beta
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch
 from fastai.torch_core import TensorMask
 from fastai.vision.core import TensorPoint
 from fastai.layers import NoneReduce
@@ -37,7 +37,7 @@ def cutmix_weights(lam:torch.Tensor, # (n,) the share of each image to keep, on 
     rows, cols = _span(cut, h).to(lam.dtype), _span(cut, w).to(lam.dtype)
     return 1 - rows[:, None, :, None] * cols[:, None, None, :], 1 - rows.sum(1) * cols.sum(1) / (h * w) # floats: 5x faster than boolean ops on CPU
 
-# %% ../../nbs/20_classify.mixup.ipynb #e8c4dbdd
+# %% ../../nbs/20_classify.mixup.ipynb #3312dcc7
 @functools.cache
 def _beta(alpha:float, device:torch.device) -> Beta:
     "Beta(`alpha`, `alpha`) with its parameters on `device`, made once: sampling it never touches the host"
@@ -67,6 +67,7 @@ def _loss(lf, pred:torch.Tensor, yb:tuple) -> torch.Tensor:
         and pred.ndim == 2 and y.ndim == 1 and y.dtype == torch.long): return lf.func(_plain(pred), _plain(y))
     return lf(pred, *yb)
 
+# %% ../../nbs/20_classify.mixup.ipynb #19c598a3
 class MixUpCutMix(Callback):
     "Mix each training batch with a shuffled copy of itself by MixUp (`mixup_alpha`) or CutMix (`cutmix_alpha`), switching with `switch_prob`, per batch or per image (`mode`)"
     # before GradientAccumulation's after_loss (which scales the mixed loss), fastai's CastToTensor (which strips the target
@@ -119,76 +120,84 @@ class MixUpCutMix(Callback):
         if dev not in self._gens: self._gens[dev] = device_generator(dev, int(self._rng.integers(2**62)))
         return torch.randperm(n, device=dev, generator=self._gens[dev])
 
-    def draw(self, x:torch.Tensor, # the batch's images
-            ) -> tuple:
-        """The random part of a mix of `x`: each image's partner `perm`; the weight of its own image `w` (per batch: a float
-        for MixUp, a box (top, bottom, left, right) for CutMix; per image: pixel weights); each image's share of its targets `lam`"""
-        n, dev = len(x), x.device
-        perm = self._perm(n, dev)
-        if self.mode == 'batch': # λ, the box and the choice drawn on the host, as timm draws them: no device value is read
-            rng = self._rng
-            if not self.mixup_alpha or (self.cutmix_alpha and rng.random() < self.switch_prob):
-                t, b, l, r = box = _box(float(rng.beta(self.cutmix_alpha, self.cutmix_alpha)), x.shape[-2:], rng)
-                return perm, box, torch.tensor([1 - (b - t) * (r - l) / (x.shape[-2] * x.shape[-1])]) # the area kept
-            lam = float(rng.beta(self.mixup_alpha, self.mixup_alpha))
-            return perm, lam, torch.tensor([lam])
-        if not self.mixup_alpha: return (perm, *cutmix_weights(_beta(self.cutmix_alpha, dev).sample((n,)), x.shape[-2:]))
-        lam = _beta(self.mixup_alpha, dev).sample((n,))
-        if not self.cutmix_alpha: return perm, _per_item(lam, x), lam
-        w_cut, lam_cut = cutmix_weights(_beta(self.cutmix_alpha, dev).sample((n,)), x.shape[-2:])
-        use_cut = torch.rand(n, device=dev) < self.switch_prob # per image: chosen on the device, in one `where`
-        return perm, torch.where(use_cut[:, None, None, None], w_cut, _per_item(lam, x)), torch.where(use_cut, lam_cut, lam)
+# %% ../../nbs/20_classify.mixup.ipynb #1e0879fa
+@patch
+def draw(self:MixUpCutMix, x:torch.Tensor, # the batch's images
+        ) -> tuple:
+    """The random part of a mix of `x`: each image's partner `perm`; the weight of its own image `w` (per batch: a float
+    for MixUp, a box (top, bottom, left, right) for CutMix; per image: pixel weights); each image's share of its targets `lam`"""
+    n, dev = len(x), x.device
+    perm = self._perm(n, dev)
+    if self.mode == 'batch': # λ, the box and the choice drawn on the host, as timm draws them: no device value is read
+        rng = self._rng
+        if not self.mixup_alpha or (self.cutmix_alpha and rng.random() < self.switch_prob):
+            t, b, l, r = box = _box(float(rng.beta(self.cutmix_alpha, self.cutmix_alpha)), x.shape[-2:], rng)
+            return perm, box, torch.tensor([1 - (b - t) * (r - l) / (x.shape[-2] * x.shape[-1])]) # the area kept
+        lam = float(rng.beta(self.mixup_alpha, self.mixup_alpha))
+        return perm, lam, torch.tensor([lam])
+    if not self.mixup_alpha: return (perm, *cutmix_weights(_beta(self.cutmix_alpha, dev).sample((n,)), x.shape[-2:]))
+    lam = _beta(self.mixup_alpha, dev).sample((n,))
+    if not self.cutmix_alpha: return perm, _per_item(lam, x), lam
+    w_cut, lam_cut = cutmix_weights(_beta(self.cutmix_alpha, dev).sample((n,)), x.shape[-2:])
+    use_cut = torch.rand(n, device=dev) < self.switch_prob # per image: chosen on the device, in one `where`
+    return perm, torch.where(use_cut[:, None, None, None], w_cut, _per_item(lam, x)), torch.where(use_cut, lam_cut, lam)
 
-    def mix(self, x:torch.Tensor, # the batch's images (N, ...); (N, C, H, W) for CutMix
-            yb:tuple, # the batch's targets, one tensor per target (per head)
-           ) -> tuple:
-        "Mix images `x` and targets `yb`: the mixed images, the targets (float ones mixed), the partners' targets for the loss (None when all are float), `lam`"
-        for i, y in enumerate(yb):
-            if isinstance(y, (TensorPoint, TensorMask)): # TensorBBox is a TensorPoint
-                raise ValueError(f"target {i} of the batch is a {type(y).__name__}: the mix of two images' boxes, points or masks is not one; "
-                                 f"{type(self).__name__} is for classification targets, so remove it from this Learner")
-        if self.cutmix_alpha and x.ndim != 4: raise ValueError(f"CutMix pastes boxes of images (N, C, H, W); the input has shape {tuple(x.shape)}")
-        x_type, y_types = type(x), [type(y) for y in yb]
-        x, yb = _plain(x), [_plain(y) for y in yb] # fastai's tensor types cost a Python call per operation: computed on plain tensors
-        perm, w, lam = self.draw(x)
-        if isinstance(w, tuple): # one box: the partners' box pasted into the batch in place, as fastai's and timm's CutMix do
-            t, b, l, r = w
-            x[..., t:b, l:r] = x[..., t:b, l:r].index_select(0, perm)
-            xm = x
-        else: xm = x.index_select(0, perm).lerp_(x, w if isinstance(w, float) else w.to(x.dtype)) # the partners' copy is the output
-        ym = [y.index_select(0, perm).lerp_(y, _per_item(lam, y)) if y.is_floating_point() else y for y in yb]
-        partner = [m if y.is_floating_point() else y.index_select(0, perm) for y, m in zip(yb, ym)]
-        typed = lambda ys: tuple(y.as_subclass(t) for y, t in zip(ys, y_types))
-        return xm.as_subclass(x_type), typed(ym), typed(partner) if any(not y.is_floating_point() for y in yb) else None, lam
+# %% ../../nbs/20_classify.mixup.ipynb #42a4b8a5
+@patch
+def mix(self:MixUpCutMix, x:torch.Tensor, # the batch's images (N, ...); (N, C, H, W) for CutMix
+        yb:tuple, # the batch's targets, one tensor per target (per head)
+       ) -> tuple:
+    "Mix images `x` and targets `yb`: the mixed images, the targets (float ones mixed), the partners' targets for the loss (None when all are float), `lam`"
+    for i, y in enumerate(yb):
+        if isinstance(y, (TensorPoint, TensorMask)): # TensorBBox is a TensorPoint
+            raise ValueError(f"target {i} of the batch is a {type(y).__name__}: the mix of two images' boxes, points or masks is not one; "
+                             f"{type(self).__name__} is for classification targets, so remove it from this Learner")
+    if self.cutmix_alpha and x.ndim != 4: raise ValueError(f"CutMix pastes boxes of images (N, C, H, W); the input has shape {tuple(x.shape)}")
+    x_type, y_types = type(x), [type(y) for y in yb]
+    x, yb = _plain(x), [_plain(y) for y in yb] # fastai's tensor types cost a Python call per operation: computed on plain tensors
+    perm, w, lam = self.draw(x)
+    if isinstance(w, tuple): # one box: the partners' box pasted into the batch in place, as fastai's and timm's CutMix do
+        t, b, l, r = w
+        x[..., t:b, l:r] = x[..., t:b, l:r].index_select(0, perm)
+        xm = x
+    else: xm = x.index_select(0, perm).lerp_(x, w if isinstance(w, float) else w.to(x.dtype)) # the partners' copy is the output
+    ym = [y.index_select(0, perm).lerp_(y, _per_item(lam, y)) if y.is_floating_point() else y for y in yb]
+    partner = [m if y.is_floating_point() else y.index_select(0, perm) for y, m in zip(yb, ym)]
+    typed = lambda ys: tuple(y.as_subclass(t) for y, t in zip(ys, y_types))
+    return xm.as_subclass(x_type), typed(ym), typed(partner) if any(not y.is_floating_point() for y in yb) else None, lam
 
-    def before_batch(self):
-        "Mix the batch, unless `stop_at` has passed"
-        self.yb1 = None
-        if not self.mixing: return
-        if len(self.xb) != 1: raise ValueError(f"{type(self).__name__} mixes a single input; this batch has {len(self.xb)}")
-        xm, self.learn.yb, yb1, self.lam = self.mix(self.x, self.yb)
-        self.learn.xb, self.yb1 = (xm,), yb1 and tuple(map(_plain, yb1)) # plain, as fastai's CastToTensor makes `yb`
+@patch
+def before_batch(self:MixUpCutMix):
+    "Mix the batch, unless `stop_at` has passed"
+    self.yb1 = None
+    if not self.mixing: return
+    if len(self.xb) != 1: raise ValueError(f"{type(self).__name__} mixes a single input; this batch has {len(self.xb)}")
+    xm, self.learn.yb, yb1, self.lam = self.mix(self.x, self.yb)
+    self.learn.xb, self.yb1 = (xm,), yb1 and tuple(map(_plain, yb1)) # plain, as fastai's CastToTensor makes `yb`
 
-    def after_loss(self):
-        "Mix fastai's loss on the images' own class targets with the loss on their partners'"
-        if self.yb1 is None: return
-        self.learn.loss_grad = self.mixed_loss(self.loss_func, self.pred, self.yb, self.loss_grad)
-        self.learn.loss = self.loss_grad.clone()
+# %% ../../nbs/20_classify.mixup.ipynb #428b399c
+@patch
+def after_loss(self:MixUpCutMix):
+    "Mix fastai's loss on the images' own class targets with the loss on their partners'"
+    if self.yb1 is None: return
+    self.learn.loss_grad = self.mixed_loss(self.loss_func, self.pred, self.yb, self.loss_grad)
+    self.learn.loss = self.loss_grad.clone()
 
-    def mixed_loss(self, lf, # the loss function, as the `Learner` calls it: `lf(pred, *yb)`
-                   pred, # the model's output on the mixed images
-                   yb:tuple, # the targets `mix` returned
-                   loss:torch.Tensor|None=None, # `lf(pred, *yb)`, when fastai has computed it already
-                  ) -> torch.Tensor:
-        "`lf`'s loss of a mixed batch: on the images' own targets `yb` (`loss`, if computed already) and on their partners' `yb1`, weighted by `lam`"
-        if self.lam.numel() == 1: # one λ: mix the losses as reduced (a class-weighted mean stays one: the partners are a permutation)
-            l = lf(pred, *yb) if loss is None else loss
-            return torch.lerp(_loss(lf, pred, self.yb1), l, _per_item(self.lam, l) if self.lam.is_cpu else self.lam[0].to(l.dtype))
-        with NoneReduce(lf) as nlf: l, l1 = _loss(nlf, pred, yb), _loss(nlf, pred, self.yb1)
-        n = len(self.lam)
-        # reshape, not view: per-pixel losses of channels_last predictions need not be contiguous
-        mixed = torch.lerp(l1.reshape(n, -1), l.reshape(n, -1), self.lam[:, None].to(l.dtype))
-        return reduce_loss(mixed, getattr(lf, 'reduction', 'mean'))
+@patch
+def mixed_loss(self:MixUpCutMix, lf, # the loss function, as the `Learner` calls it: `lf(pred, *yb)`
+               pred, # the model's output on the mixed images
+               yb:tuple, # the targets `mix` returned
+               loss:torch.Tensor|None=None, # `lf(pred, *yb)`, when fastai has computed it already
+              ) -> torch.Tensor:
+    "`lf`'s loss of a mixed batch: on the images' own targets `yb` (`loss`, if computed already) and on their partners' `yb1`, weighted by `lam`"
+    if self.lam.numel() == 1: # one λ: mix the losses as reduced (a class-weighted mean stays one: the partners are a permutation)
+        l = lf(pred, *yb) if loss is None else loss
+        return torch.lerp(_loss(lf, pred, self.yb1), l, _per_item(self.lam, l) if self.lam.is_cpu else self.lam[0].to(l.dtype))
+    with NoneReduce(lf) as nlf: l, l1 = _loss(nlf, pred, yb), _loss(nlf, pred, self.yb1)
+    n = len(self.lam)
+    # reshape, not view: per-pixel losses of channels_last predictions need not be contiguous
+    mixed = torch.lerp(l1.reshape(n, -1), l.reshape(n, -1), self.lam[:, None].to(l.dtype))
+    return reduce_loss(mixed, getattr(lf, 'reduction', 'mean'))
 
 def _can_unreduce(lf) -> bool:
     "Whether fastai's `NoneReduce` can make `lf` return one loss per item"
