@@ -37,7 +37,7 @@ def cutmix_weights(lam:torch.Tensor, # (n,) the share of each image to keep, on 
     rows, cols = _span(cut, h).to(lam.dtype), _span(cut, w).to(lam.dtype)
     return 1 - rows[:, None, :, None] * cols[:, None, None, :], 1 - rows.sum(1) * cols.sum(1) / (h * w) # floats: 5x faster than boolean ops on CPU
 
-# %% ../../nbs/20_classify.mixup.ipynb #3312dcc7
+# %% ../../nbs/20_classify.mixup.ipynb #4f6d4868
 @functools.cache
 def _beta(alpha:float, device:torch.device) -> Beta:
     "Beta(`alpha`, `alpha`) with its parameters on `device`, made once: sampling it never touches the host"
@@ -67,7 +67,7 @@ def _loss(lf, pred:torch.Tensor, yb:tuple) -> torch.Tensor:
         and pred.ndim == 2 and y.ndim == 1 and y.dtype == torch.long): return lf.func(_plain(pred), _plain(y))
     return lf(pred, *yb)
 
-# %% ../../nbs/20_classify.mixup.ipynb #19c598a3
+# %% ../../nbs/20_classify.mixup.ipynb #141fa68c
 class MixUpCutMix(Callback):
     "Mix each training batch with a shuffled copy of itself by MixUp (`mixup_alpha`) or CutMix (`cutmix_alpha`), switching with `switch_prob`, per batch or per image (`mode`)"
     # before GradientAccumulation's after_loss (which scales the mixed loss), fastai's CastToTensor (which strips the target
@@ -120,7 +120,7 @@ class MixUpCutMix(Callback):
         if dev not in self._gens: self._gens[dev] = device_generator(dev, int(self._rng.integers(2**62)))
         return torch.randperm(n, device=dev, generator=self._gens[dev])
 
-# %% ../../nbs/20_classify.mixup.ipynb #1e0879fa
+# %% ../../nbs/20_classify.mixup.ipynb #8ec9258d
 @patch
 def draw(self:MixUpCutMix, x:torch.Tensor, # the batch's images
         ) -> tuple:
@@ -142,7 +142,7 @@ def draw(self:MixUpCutMix, x:torch.Tensor, # the batch's images
     use_cut = torch.rand(n, device=dev) < self.switch_prob # per image: chosen on the device, in one `where`
     return perm, torch.where(use_cut[:, None, None, None], w_cut, _per_item(lam, x)), torch.where(use_cut, lam_cut, lam)
 
-# %% ../../nbs/20_classify.mixup.ipynb #42a4b8a5
+# %% ../../nbs/20_classify.mixup.ipynb #42ffbdbb
 @patch
 def mix(self:MixUpCutMix, x:torch.Tensor, # the batch's images (N, ...); (N, C, H, W) for CutMix
         yb:tuple, # the batch's targets, one tensor per target (per head)
@@ -175,7 +175,7 @@ def before_batch(self:MixUpCutMix):
     xm, self.learn.yb, yb1, self.lam = self.mix(self.x, self.yb)
     self.learn.xb, self.yb1 = (xm,), yb1 and tuple(map(_plain, yb1)) # plain, as fastai's CastToTensor makes `yb`
 
-# %% ../../nbs/20_classify.mixup.ipynb #428b399c
+# %% ../../nbs/20_classify.mixup.ipynb #28cbf9fa
 @patch
 def after_loss(self:MixUpCutMix):
     "Mix fastai's loss on the images' own class targets with the loss on their partners'"
