@@ -205,12 +205,13 @@ def test_label_outside_vocab_in_df(tmp_path):
 # ---- folds
 
 def test_fold_loaders_equal_from_tensors_loaders():
-    "A fold's loaders (index views of one set) give the batches and the training of loaders built from that split's copies"
+    "A fold's loaders (index views of one set) give the batches and training of loaders built from the split's copies"
     train_idx, valid_idx = kfold_splits(D.y, 5, seed=0)[2]
     a = fold_dataloaders(device_dataset(D), train_idx, valid_idx, bs=64, seed=1, batch_tfms=[RandomPadCrop(2)])
     b = DeviceDataLoaders.from_tensors(D.x, D.y, valid_idx=valid_idx, bs=64, seed=1, batch_tfms=[RandomPadCrop(2)])
     for dl_a, dl_b in zip(a.loaders, b.loaders):
-        seed_everything(0); batches = list(dl_a) # the augmentations draw from the global generator: the same seed for both
+        # the augmentations draw from the global generator: the same seed for both
+        seed_everything(0); batches = list(dl_a)
         seed_everything(0)
         for (xa, ya), (xb, yb) in zip(batches, dl_b): assert torch.allclose(xa, xb, atol=1e-5) and torch.equal(ya, yb)
     res = []

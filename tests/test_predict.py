@@ -242,8 +242,9 @@ class CVNet(nn.Module):
     "A small CNN with one linear head per entry of `n_outs`: a tensor for one head, a tuple for several"
     def __init__(self, *n_outs, c_in=1):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c_in, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1),
-                                  nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.body = nn.Sequential(nn.Conv2d(c_in, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                  nn.Flatten())
         self.heads = nn.ModuleList(nn.Linear(128, n) for n in n_outs)
     def forward(self, x):
         f = self.body(x)
@@ -257,8 +258,8 @@ def cv_preds(learn, dl=None):
 
 def test_cv_multi_head():
     def head0_accuracy(preds, y1, y2): return accuracy(preds[0], y1)
-    make = lambda dls: Learner(dls, CVNet(10, 2), loss_func=MultiHeadLoss([CrossEntropyLossFlat(), CrossEntropyLossFlat()]),
-                               metrics=head0_accuracy)
+    loss = MultiHeadLoss([CrossEntropyLossFlat(), CrossEntropyLossFlat()])
+    make = lambda dls: Learner(dls, CVNet(10, 2), loss_func=loss, metrics=head0_accuracy)
     res = cross_validate(make, (CV_D.x, (CV_D.y, CV_D.y % 2)), 3, fit=fit_1, seed=0, test=CV_D.x[:30])
     oof, targs = res.oof, res.targs
     assert isinstance(oof, tuple) and [o.shape for o in oof] == [(len(CV_D.y), 10), (len(CV_D.y), 2)]
@@ -274,7 +275,8 @@ def test_cv_multi_label_stratified_and_submission(tmp_path):
     res = cross_validate(lambda dls: Learner(dls, CVNet(3), metrics=accuracy_multi), (CV_D.x, y), 3, fit=fit_1, seed=0,
                          test=CV_D.x[:5], vocab=['even', 'small', 'seven'])
     assert res.oof.shape == (len(y), 3) and ((res.oof >= 0) & (res.oof <= 1)).all()
-    for _, v in res.splits: assert ((y[v].sum(0) - y.sum(0) * len(v) / len(y)).abs() <= 1).all() # each label spread evenly
+    for _, v in res.splits: # each label spread evenly over the folds
+        assert ((y[v].sum(0) - y.sum(0) * len(v) / len(y)).abs() <= 1).all()
     assert res.score == pytest.approx(float(((res.oof > 0.5) == res.targs.bool()).float().mean()), abs=1e-6)
     df = res.submission(range(5), tmp_path/'sub.csv')
     want = [' '.join(n for n, p in zip(['even', 'small', 'seven'], r) if p > 0.5) for r in res.test_preds.tolist()]
@@ -282,10 +284,12 @@ def test_cv_multi_label_stratified_and_submission(tmp_path):
 
 def test_cv_boxes_with_tta():
     B = digit_boxes(32, n=300, seed=0)
-    body = lambda: nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
+    body = lambda: nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1),
+                                 nn.ReLU())
     made = []
     def make(dls): made.append(box_learner(dls, body())); return made[-1]
-    res = cross_validate(make, (B.x, TensorBBox(B.y)), 3, fit=lambda l: fit_1(l, 3e-3), seed=0, tta=dict(box_out=0, scale=1.25))
+    res = cross_validate(make, (B.x, TensorBBox(B.y)), 3, fit=lambda l: fit_1(l, 3e-3), seed=0,
+                         tta=dict(box_out=0, scale=1.25))
     assert res.oof.shape == (300, 4) and res.metric_name == 'mean_iou'
     assert res.score == pytest.approx(float(paired_box_iou(res.oof, B.y).mean()), abs=1e-5) # mIoU of the OOF boxes
     for learn, (_, v) in zip(made, res.splits): # each fold's OOF boxes are its model's 10-crop boxes, mapped back
@@ -316,13 +320,15 @@ def test_cv_folds_run_apart_merge(tmp_path):
     res = CVResult.load(tmp_path)
     assert res.complete and torch.allclose(res.oof, whole.oof, atol=1e-6) and res.score == pytest.approx(whole.score)
     assert torch.allclose(res.test_preds, whole.test_preds, atol=1e-6) and all(p.is_file() for p in res.models)
-    learn = make(fold_dataloaders(device_dataset(CV_D), *res.splits[1], seed=0)) # a saved fold model predicts its OOF part
+    # a saved fold model predicts its OOF part
+    learn = make(fold_dataloaders(device_dataset(CV_D), *res.splits[1], seed=0))
     learn.load(res.models[1].with_suffix(''), with_opt=False)
     assert torch.allclose(cv_preds(learn)[0], res.oof[res.splits[1][1]], atol=1e-5)
 
 def test_cv_groups_never_straddle():
     groups = torch.arange(len(CV_D.y)) // 20 # runs of 20 consecutive scans
-    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), CV_D, 3, fit=fit_1, seed=0, groups=groups)
+    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), CV_D, 3, fit=fit_1, seed=0,
+                         groups=groups)
     for t, v in res.splits: assert not set(groups[t].tolist()) & set(groups[v].tolist())
     assert sorted(torch.cat([v for _, v in res.splits]).tolist()) == list(range(len(CV_D.y)))
 
@@ -330,7 +336,8 @@ def test_cv_oof_pass_skipped_only_when_weights_unchanged():
     "The OOF part is the last validation pass's when nothing changed the weights after it; a change after it is seen"
     def fit_then_change(learn):
         fit_1(learn)
-        with torch.no_grad(): learn.model.body[0].weight.mul_(1.5) # e.g. a callback loading other weights after the last epoch
+        # e.g. a callback loading other weights after the last epoch
+        with torch.no_grad(): learn.model.body[0].weight.mul_(1.5)
     for f in (fit_1, fit_then_change):
         res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), CV_D, 3, fit=f, seed=0)
         learn = Learner(fold_dataloaders(device_dataset(CV_D), *res.splits[0], seed=0), CVNet(10))
@@ -339,8 +346,8 @@ def test_cv_oof_pass_skipped_only_when_weights_unchanged():
 
 def test_cv_pseudo_labels_on_a_fold():
     "`pseudo_labels` takes the fold ensemble's test predictions; `pseudo_dataloaders` appends to a fold's index view"
-    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), (CV_D.x[100:], CV_D.y[100:]), 3, fit=fit_1, seed=0,
-                         test=CV_D.x[:100])
+    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), (CV_D.x[100:], CV_D.y[100:]), 3,
+                         fit=fit_1, seed=0, test=CV_D.x[:100])
     pl = pseudo_labels(res.test_preds, 0.0)
     assert torch.equal(pl.probs, res.test_preds) and torch.equal(pl.y, res.test_preds.argmax(1))
     dls = fold_dataloaders(device_dataset((CV_D.x[100:], CV_D.y[100:])), *res.splits[0], seed=0)
