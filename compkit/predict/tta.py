@@ -98,7 +98,7 @@ def ten_crop_views(x:torch.Tensor, # images (N, C, H, W) or (C, H, W)
     tc = TenCrop(x.shape[-2:], size, flip='vertical' if vertical_flip else 'horizontal')
     return torch.stack([tc.crop(x, i) for i in range(len(tc))])
 
-# %% ../../nbs/50_predict.tta.ipynb #c4e52309
+# %% ../../nbs/50_predict.tta.ipynb #56bc68c8
 def _reduce(v, mode):
     "The views `v` (k, N, ...) reduced to the running merge's terms: their sum (of logs for 'gmean'), or max"
     v = v.log() if mode == 'gmean' else v
@@ -107,6 +107,7 @@ def _reduce(v, mode):
 def _combine(a, b, mode): return b if a is None else torch.maximum(a, b) if mode == 'max' else a + b
 def _finish(a, n, mode): return a if mode == 'max' else (a / n).exp() if mode == 'gmean' else a / n
 
+# %% ../../nbs/50_predict.tta.ipynb #ecf591c1
 def _gathered(dl, b):
     "`b` detached, on the host, gathered over the ranks as fastai's `Learner.to_detach` does: by the loader, if it knows how (a `DeviceDL` in order, without padding)"
     return dl.to_detach(b) if hasattr(dl, 'to_detach') else to_detach(b)
@@ -134,6 +135,7 @@ class _ViewBatches:
                 yield (_chunk(tc, xs, self.cur[2]),)
         self.targs = targs
 
+# %% ../../nbs/50_predict.tta.ipynb #3e327e92
 class _MergeViews(Callback):
     "Merge each chunk's activated predictions, boxes mapped back to the original image, into a running result per batch"
     order = MixedPrecision.order + 1 # after fp16's `after_pred` has cast the predictions back to float
@@ -166,6 +168,7 @@ class _MergeViews(Callback):
             res.append(tuple(views) if self.tuple_out else views[0])
         return tuple(res)
 
+# %% ../../nbs/50_predict.tta.ipynb #ce155f49
 def _auto_chunk(learn, dl, max_mem, size, scale, flip, crops=True):
     "Views per forward pass: 1 on the CPU, where 10 passes at the loader's batch size are the fastest; on a GPU as many as fit in `max_mem` of its free memory, measured on one view"
     dev = next(learn.model.parameters()).device
@@ -179,6 +182,7 @@ def _auto_chunk(learn, dl, max_mem, size, scale, flip, crops=True):
     need = torch.cuda.max_memory_allocated(dev) - base
     return int(min(len(tc), max(1, max_mem * torch.cuda.mem_get_info(dev)[0] // max(need, 1))))
 
+# %% ../../nbs/50_predict.tta.ipynb #b4d0c7c3
 def _load(model, m, i, device):
     "Load the state dict or file `m` (a fastai `learn.save` or a `torch.save`d state dict) into `model`, naming `models[i]` if it does not fit"
     if isinstance(m, (str, Path)) and not Path(m).is_file(): raise ValueError(f"models[{i}]: no file {m}")
