@@ -54,8 +54,15 @@ class _ItemRandTransform(_WholeBatch, RandTransform):
             self._key, self._next, self._block = key, 0, [getattr(self, k) for k in self.state]
         for k, v in zip(self.state, self._block): setattr(self, k, v[self._next:self._next + n])
         self._next += n
+    _drawn = ('_key', '_block', '_next', '_size') # the block drawn ahead and the place in it
     def __getstate__(self): # a pickled or copied transform draws afresh
-        return {k: v for k, v in self.__dict__.items() if k not in ('_key', '_block', '_next', '_size')}
+        return {k: v for k, v in self.__dict__.items() if k not in self._drawn}
+    def rng_state(self) -> dict:
+        "The block drawn ahead and the place in it (a copy): what `set_rng_state` puts back after a pass that consumed it"
+        return {k: [t.clone() for t in v] if k == '_block' else v for k, v in self.__dict__.items() if k in self._drawn}
+    def set_rng_state(self, state:dict):
+        for k in self._drawn: self.__dict__.pop(k, None)
+        self.__dict__.update(state)
     def chosen(self, n, device): return torch.rand(n, device=device) < self.p
     def uniform(self, n, device, lo:tuple, hi:tuple, off:tuple):
         "(n, k) parameters: column j uniform in [lo[j], hi[j]] for the items chosen (with probability `p`), `off[j]` (no change) for the rest"

@@ -9,7 +9,7 @@ from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms, MixUp, C
 from compkit.core import seed_everything
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
-from compkit.augment import RandomPadCrop
+from compkit.augment import RandomPadCrop, RandomFlip, RandomResizedCrop
 from compkit.learner import timm_learner
 from compkit.schedule.lr_find import lr_bounds
 from compkit.schedule.snapshot import SnapshotEnsemble
@@ -82,6 +82,19 @@ def test_a_fit_after_the_test_is_the_fit_without_it_on_fastai_dataloaders(fastai
     def run(find):
         seed_everything(3, deterministic=True); fastai_dls.train.rng.setstate(rng) # a GPU's default kernels vary
         learn = timm_learner(fastai_dls, small_cnn(3))
+        with quiet(learn), learn.no_logging():
+            learn.fit(1, 1e-3)
+            if find: learn.lr_find_bounds(show_plot=False, num_it=20)
+            learn.fit(1, 1e-3)
+        return weights(learn)
+    assert same(run(False), run(True))
+
+def test_a_fit_after_the_test_is_the_fit_without_it_with_compkit_augmentations():
+    "each augmentation's random state drawn ahead (a block of items) comes back too, with the torch and loader generators"
+    def run(find):
+        seed_everything(3)
+        dls = DeviceDataLoaders.from_tensors(D.x[:320], D.y[:320], bs=64, seed=0, batch_tfms=[RandomPadCrop(2), RandomFlip(), RandomResizedCrop()])
+        learn = timm_learner(dls, small_cnn())
         with quiet(learn), learn.no_logging():
             learn.fit(1, 1e-3)
             if find: learn.lr_find_bounds(show_plot=False, num_it=20)

@@ -62,12 +62,15 @@ class _BoundsFinder(LRFinder):
 
 @contextmanager
 def _kept(learn):
-    "Put `learn`'s weights, train/eval modes, optimizer, RNGs and loaders' shuffle state back as they were, bit for bit, in memory"
+    "Put `learn`'s weights, train/eval modes, optimizer, RNGs (torch's, python's, numpy's, each augmentation's block drawn ahead) and loaders' shuffle state back as they were, bit for bit, in memory"
     modes = [m.training for m in learn.model.modules()]
     opt = None if learn.opt is None else copy.deepcopy(learn.opt.state_dict())
     py, np_ = random.getstate(), np.random.get_state()
     gen_state = lambda dl: None if getattr(dl, '_gen', None) is None else dl._gen.get_state()
     dls = [(dl, copy.deepcopy(getattr(dl, 'rng', None)), gen_state(dl)) for dl in learn.dls.loaders]
+    # compkit's augmentations draw their random state ahead, a block at a time: the test must not use it up
+    tfms = {id(t): t for dl in learn.dls.loaders for p in ('after_item', 'before_batch', 'after_batch') for t in getattr(getattr(dl, p, None), 'fs', [])}
+    drawn = [(t, t.rng_state()) for t in tfms.values() if hasattr(t, 'rng_state')]
     cuda = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
     try:
         with kept_state(learn.model), torch.random.fork_rng(devices=cuda): yield
@@ -80,6 +83,8 @@ def _kept(learn):
             if rng is not None: dl.rng = rng
             if gen is None: dl._gen = None # DeviceDL makes it again from its seed
             else: dl._gen.set_state(gen)
+        for t, s in drawn: t.set_rng_state(s)
+        for cb in learn.cbs: cb.run = True # as fastai's `after_fit` does, which an exception in the test skips
 
 @patch
 def lr_find_bounds(self:Learner,
