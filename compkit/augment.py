@@ -332,7 +332,7 @@ class RandomPerspective(_ItemRandTransform):
     def corners(self, h, w):
         "Where each item's corners land, in pixels: torchvision's `endpoints` (`startpoints` are the image's corners)"
         dev = self.H.device
-        return (_apply_h(torch.linalg.inv(self.H), _corners(dev)) + 1) * _constant((w / 2, h / 2), dev)
+        return (_apply_h(torch.linalg.inv_ex(self.H).inverse, _corners(dev)) + 1) * _constant((w / 2, h / 2), dev)
     def image(self, x):
         h, w = x.shape[-2:]
         xs, ys = _centres(w, x)[None, None, :], _centres(h, x)[None, :, None] # pixel centres in [-1, 1]
@@ -343,7 +343,7 @@ class RandomPerspective(_ItemRandTransform):
     def move_boxes(self, b):
         half = _constant((self.hw[1] / 2, self.hw[0] / 2), b.device).to(b)
         corners = _box_corners(b) / half - 1
-        out = (_apply_h(torch.linalg.inv(self.H).to(b.dtype)[:, None], corners) + 1) * half
+        out = (_apply_h(torch.linalg.inv_ex(self.H).inverse.to(b.dtype)[:, None], corners) + 1) * half
         return torch.cat([out.amin(-2), out.amax(-2)], -1) # a box's corners bound its warped image (lines stay lines)
     def skip(self, items): self.H = torch.where(items[:, None, None], _constant(_EYE, items.device), self.H)
 
@@ -356,7 +356,7 @@ def _homography(src, dst):
     zero, one = torch.zeros_like(x), torch.ones_like(x)
     A = torch.cat([torch.stack([x, y, one, zero, zero, zero, -u * x, -u * y], -1),
                    torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1)], 1) # (n, 8, 8)
-    h = torch.linalg.solve(A, torch.cat([u, v], 1))
+    h = torch.linalg.solve_ex(A, torch.cat([u, v], 1)).result # _ex: no wait for the GPU to check
     return torch.cat([h, torch.ones_like(h[:, :1])], 1).view(n, 3, 3)
 
 def _apply_h(H, p):
@@ -387,8 +387,10 @@ class RandomRotate90(_ItemRandTransform):
         n, c, s, _ = x.shape
         centres = torch.arange(s, device=x.device) * 2 + 1 - s # twice each pixel centre's offset from the image centre
         grid = torch.stack(torch.broadcast_tensors(centres[None, :], centres[:, None]), -1) # (s, s, 2): pixels' (x, y)
-        src = grid.view(1, s * s, 2) @ self.A # (n, s*s, 2): as rows, p @ A = A^T p = A^-1 p, the source of each pixel
-        idx = ((src[..., 1] + s - 1) // 2 * s + (src[..., 0] + s - 1) // 2).view(n, 1, s * s)
+        # the source of each pixel, A^-1 p = A^T p, as products and sums (CUDA has no integer matmul)
+        A, (gx, gy) = self.A[:, :, :, None, None], grid.unbind(-1) # (n, 2, 2, 1, 1); (s, s) each
+        sx, sy = A[:, 0, 0] * gx + A[:, 1, 0] * gy, A[:, 0, 1] * gx + A[:, 1, 1] * gy # (n, s, s)
+        idx = ((sy + s - 1) // 2 * s + (sx + s - 1) // 2).view(n, 1, s * s)
         return x.reshape(n, c, s * s).gather(2, idx.expand(n, c, s * s)).view(n, c, s, s)
     def move_boxes(self, b):
         half = self.hw[0] / 2
