@@ -13,6 +13,7 @@ MODULES = ('core', 'ingest', 'datasets', 'augment', 'data', 'folds', 'learner', 
            'classify.mixup', 'classify.multihead', 'classify.metrics',
            'box.ops', 'box.losses', 'box.data', 'box.model',
            'schedule.lr_find', 'schedule.snapshot', 'schedule.swa', 'schedule.tempering', 'schedule.progressive',
+           'schedule.ema',
            'predict.tta', 'predict.ensemble', 'predict.pseudo', 'predict.cv',
            'retrieval.heads', 'retrieval.sampling', 'retrieval.search')
 __all__ = []

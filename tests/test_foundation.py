@@ -22,6 +22,7 @@ from compkit.schedule.snapshot import SnapshotEnsemble
 from compkit.schedule.swa import SWA
 from compkit.schedule.tempering import Tempering
 from compkit.schedule.progressive import ProgressiveResize
+from compkit.schedule.ema import EMA
 import compkit.precision, compkit.predict.tta, compkit.schedule.lr_find # Learner.to_device_amp, tta10, lr_find_bounds
 
 # ---- DeviceDataLoaders
@@ -318,7 +319,8 @@ def small_bf16_cnn():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
 @pytest.mark.parametrize('make', [MixUp, CutMix, SnapshotEnsemble, lambda: SWA(start_pct=0.5), lambda: Tempering(switch_epoch=2),
-                                  lambda: ProgressiveResize({0: 12, 2: 16})], ids=['mixup', 'cutmix', 'snapshot', 'swa', 'tempering', 'progressive'])
+                                  lambda: ProgressiveResize({0: 12, 2: 16}),
+                                  lambda: EMA(decay=0.9)], ids=['mixup', 'cutmix', 'snapshot', 'swa', 'tempering', 'progressive', 'ema'])
 def test_callback_under_bf16_autocast_and_channels_last(make):
     seed_everything(0)
     dls = DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0, batch_tfms=RandomPadCrop(2))

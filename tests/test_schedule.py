@@ -17,6 +17,7 @@ from compkit.classify.mixup import MixUp as CompkitMixUp
 from compkit.schedule.swa import SWA
 from compkit.schedule.tempering import Tempering
 from compkit.schedule.progressive import ProgressiveResize
+from compkit.schedule.ema import EMA
 
 D = digits(16)
 
@@ -191,7 +192,8 @@ def state(learn):
                 lrs=[h['lr'] for h in learn.opt.hypers], cbs=sorted(type(c).__name__ for c in learn.cbs), shapes={k: v.shape for k, v in learn.model.state_dict().items()})
 
 @pytest.mark.parametrize('make', [SnapshotEnsemble, lambda: SWA(start_pct=0.25), lambda: Tempering(switch_epoch=1),
-                                  lambda: ProgressiveResize({0: 12, 2: 16}, scale_bs=True)], ids=['snapshot', 'swa', 'tempering', 'progressive'])
+                                  lambda: ProgressiveResize({0: 12, 2: 16}, scale_bs=True), lambda: EMA(decay=0.9)],
+                         ids=['snapshot', 'swa', 'tempering', 'progressive', 'ema'])
 @pytest.mark.parametrize('cancel', [False, True], ids=['normal', 'cancelled'])
 def test_every_callback_restores_the_learner(dls, make, cancel):
     learn = timm_learner(dls, small_cnn(), cbs=make())
@@ -213,7 +215,7 @@ for _e in ('before_epoch', 'before_batch', 'after_batch', 'after_train', 'before
     setattr(Interrupt, _e, (lambda e: lambda self: self._maybe(e))(_e))
 
 SCHEDULE_CBS = dict(snapshot=lambda: SnapshotEnsemble(to_disk=False), swa=lambda: SWA(start_pct=0.25, swa_lr=5e-4), tempering=lambda: Tempering(switch_epoch=1),
-                    progressive=lambda: ProgressiveResize({0: 12, 2: 16}, scale_bs=True))
+                    progressive=lambda: ProgressiveResize({0: 12, 2: 16}, scale_bs=True), ema=lambda: EMA(decay=0.9))
 
 @pytest.mark.parametrize('make', SCHEDULE_CBS.values(), ids=SCHEDULE_CBS.keys())
 @pytest.mark.parametrize('event, epoch, exc', [('before_epoch', 0, KeyboardInterrupt), ('after_batch', 0, KeyboardInterrupt), ('after_train', 1, KeyboardInterrupt),
@@ -229,6 +231,24 @@ def test_an_interrupted_fit_leaves_the_learner_as_a_fresh_one(make, event, epoch
     assert state(learn) == fresh and cb.run and '_with_events' not in learn.__dict__
     with quiet(learn), learn.no_logging(): learn.fit(3, 1e-3) # the next fit starts from the loader as it was, and puts it back
     assert state(learn) == fresh
+
+@pytest.mark.parametrize('event, epoch, exc', [('after_batch', 1, KeyboardInterrupt), ('before_validate', 1, RuntimeError),
+                                               ('after_epoch', 1, KeyboardInterrupt), ('after_epoch', 1, CancelFitException)])
+def test_ema_leaves_the_model_its_own_weights_however_the_fit_ends(event, epoch, exc):
+    "The average is in the model from before_validate to after_epoch: an interruption leaves the model's own weights"
+    class Steps(Callback):
+        def after_step(self): self.w = weights(self.learn)
+    def avg(ema): return {k: v.to('cpu', copy=True) for k, v in ema.ema_model.state_dict().items()}
+    dls = DeviceDataLoaders.from_tensors(D.x[:320], D.y[:320], bs=64, seed=0)
+    ema, steps = EMA(decay=0.9, final=True), Steps()
+    learn = timm_learner(dls, small_cnn(), cbs=[ema, steps])
+    with quiet(learn), learn.no_logging():
+        try: learn.fit(3, 1e-3, cbs=Interrupt(event, epoch, exc))
+        except (KeyboardInterrupt, RuntimeError): pass
+    if exc is CancelFitException: assert same(weights(learn), avg(ema))         # a cancelled fit (EarlyStopping) ends as fits do
+    else: assert same(weights(learn), steps.w) and not same(weights(learn), avg(ema)) # not the average, though `final`
+    with quiet(learn), learn.no_logging(): learn.fit(1, 1e-3)
+    assert same(weights(learn), avg(ema))                                    # a whole fit ends on it (`final`)
 
 def test_each_callback_is_off_inside_lr_find_bounds(dls):
     class Batches(Callback):
