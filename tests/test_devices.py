@@ -97,7 +97,7 @@ _READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.nonzer
           aten.lift_fresh.default} # the last: a tensor made from Python numbers, on a GPU a blocking copy to it
 
 class HostReads(TorchDispatchMode):
-    "Records the ops that make the host wait for a GPU: value reads (`.item()`, `if t`), results sized by values, copies"
+    "Records the ops that make the host wait for a GPU: value reads (`.item()`, `if t`), value-sized results, copies"
     def __init__(self): super().__init__(); self.seen = []
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         # indexing by a boolean mask finds the mask's indices on the host
