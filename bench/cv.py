@@ -29,7 +29,8 @@ p.add_argument('--folds', type=int, default=5)
 p.add_argument('--epochs', type=int, default=2)
 p.add_argument('--size', type=int, default=16)
 p.add_argument('--reps', type=int, default=1)
-p.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice); 1 on a machine shared with other jobs")
+p.add_argument('--threads', type=int, default=None,
+               help="torch's CPU threads (default: torch's choice); 1 on a machine shared with other jobs")
 args = p.parse_args()
 if args.threads: torch.set_num_threads(args.threads)
 
@@ -59,7 +60,7 @@ for f, img in zip(files, x):
     Image.fromarray(img[0].numpy()).save(f)
 
 def fastai_cv():
-    "fastai's usual loop: per fold a DataBlock over the image files (decoded by the workers each epoch), fit, get_preds"
+    "fastai's usual loop: per fold a DataBlock over the image files (decoded each epoch), fit, get_preds"
     oof = torch.zeros(len(y), dtype=torch.long)
     for k, (t, v) in enumerate(splits):
         seed_everything(k)
@@ -72,7 +73,8 @@ def fastai_cv():
         oof[v] = torch.tensor([int(dls.vocab[i]) for i in p.argmax(1).tolist()])
     return float((oof == y).float().mean())
 
-runs = {f'compkit cross_validate ({args.folds} folds, OOF preds)': compkit_cv, f'floor: {args.folds} single fits on one set of loaders': single_fits,
+runs = {f'compkit cross_validate ({args.folds} folds, OOF preds)': compkit_cv,
+        f'floor: {args.folds} single fits on one set of loaders': single_fits,
         "fastai's loop: a DataBlock per fold from files": fastai_cv}
 single_fits() # warm up: first-call allocations, kernel selection, timm's model registry
 times, cpu, accs = {k: [] for k in runs}, {k: [] for k in runs}, {}
@@ -84,16 +86,17 @@ for r in range(args.reps):
         if a is not None: accs[k] = a
 best, best_cpu = {k: min(v) for k, v in times.items()}, {k: min(v) for k, v in cpu.items()}
 cv, floor, fa = list(runs)
-print(f"\n### Wall time of {args.folds}-fold CV, digits at {args.size} px ({len(y)} images), resnet10t, {args.epochs} epochs per fold, "
-      f"{torch.get_num_threads()} threads, best of {args.reps}\n")
-print("CPU time is this process's (with fastai's loader workers, theirs are not counted): steadier than wall time when other "
+print(f"\n### Wall time of {args.folds}-fold CV, digits at {args.size} px ({len(y)} images), resnet10t, "
+      f"{args.epochs} epochs per fold, {torch.get_num_threads()} threads, best of {args.reps}\n")
+print("CPU time is this process's (fastai's loader workers are not counted): steadier than wall time when other "
       "jobs share the machine.\n")
 print("| method | wall (s) | wall vs compkit | CPU (s) | CPU vs compkit | out-of-fold accuracy |")
 print("|---|---|---|---|---|---|")
 for k in runs:
-    print(f"| {k} | {best[k]:.1f} | {best[k] / best[cv]:.2f}x | {best_cpu[k]:.1f} | {best_cpu[k] / best_cpu[cv]:.2f}x | "
-          + (f"{accs[k]:.4f} |" if k in accs else "– |"))
-print(f"\ncompkit's CV against the floor: **{best[cv] / best[floor]:.3f}x** wall, **{best_cpu[cv] / best_cpu[floor]:.3f}x** CPU "
-      f"(goal: at most 1.05x); fastai's loop against compkit: **{best[fa] / best[cv]:.2f}x** wall.")
-bar_chart('wall_time', {'wall time': {k: best[k] for k in runs}}, 'seconds', f'{args.folds}-fold CV, digits {args.size} px, resnet10t, {args.epochs} epochs',
-          fmt='{:.1f}')
+    print(f"| {k} | {best[k]:.1f} | {best[k] / best[cv]:.2f}x | {best_cpu[k]:.1f} | {best_cpu[k] / best_cpu[cv]:.2f}x "
+          + (f"| {accs[k]:.4f} |" if k in accs else "| – |"))
+print(f"\ncompkit's CV against the floor: **{best[cv] / best[floor]:.3f}x** wall, "
+      f"**{best_cpu[cv] / best_cpu[floor]:.3f}x** CPU (goal: at most 1.05x); "
+      f"fastai's loop against compkit: **{best[fa] / best[cv]:.2f}x** wall.")
+bar_chart('wall_time', {'wall time': {k: best[k] for k in runs}}, 'seconds',
+          f'{args.folds}-fold CV, digits {args.size} px, resnet10t, {args.epochs} epochs', fmt='{:.1f}')
