@@ -24,7 +24,7 @@ FIT_METHODS = ('letterbox', 'squash', 'crop')
 
 def fit_image(img:torch.Tensor, # uint8 image(s), shape (..., C, H, W)
               size:int|tuple, # target size: `s` for (s, s), or (h, w)
-              method:str='letterbox', # 'letterbox' (keep aspect, pad), 'squash' (stretch) or 'crop' (keep aspect, centre crop)
+              method:str='letterbox', # 'letterbox' (keep aspect, pad), 'squash' (stretch) or 'crop' (keep aspect, cut)
               pad_value:int=0, # fill for letterbox padding
              ) -> torch.Tensor:
     "Fit uint8 images `img` to `size` by `method`: letterbox (keep the aspect ratio and pad), squash, or centre crop"
@@ -204,8 +204,10 @@ def check_image(x:torch.Tensor, # uint8 image (C,H,W) or images (N,C,H,W)
                ) -> torch.Tensor:
     "Return `x` if it is a non-empty uint8 image (or batch of them); raise naming the item otherwise"
     what = 'the image set' if i is None else f'image {i}'
-    if not isinstance(x, torch.Tensor): raise ValueError(f"{what} must be a tensor or numpy array, not {type(x).__name__}")
-    if x.dtype != torch.uint8: raise ValueError(f"{what} is {x.dtype}; images must be uint8 (0-255): scale and convert them first")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{what} must be a tensor or numpy array, not {type(x).__name__}")
+    if x.dtype != torch.uint8:
+        raise ValueError(f"{what} is {x.dtype}; images must be uint8 (0-255): scale and convert them first")
     if x.ndim not in (3, 4): raise ValueError(f"{what} has shape {tuple(x.shape)}; expected (C, H, W) or (N, C, H, W)")
     if x.numel() == 0: raise ValueError(f"{what} is empty (shape {tuple(x.shape)})")
     return x
@@ -218,15 +220,18 @@ def images_from_arrays(arrays, # uint8: one array (N,H,W), (N,H,W,C) or (N,C,H,W
     "Turn numpy/torch uint8 images in any common layout into one uint8 tensor (N, C, H, W), fitted to `size`"
     if isinstance(arrays, (np.ndarray, torch.Tensor)) and arrays.ndim in (3, 4):
         x = torch.as_tensor(arrays)
-        x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2) if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4) else x
+        channels_last = x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4)
+        x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2) if channels_last else x
         check_image(x)
         return (x if size is None else fit_image(x, size, method)).contiguous()
     imgs = [check_image(_chw(a), i) for i, a in enumerate(arrays)]
     if not imgs: raise ValueError("no images: the list of arrays is empty")
     for i, im in enumerate(imgs):
-        if im.shape[0] != imgs[0].shape[0]: raise ValueError(f"image {i} has {im.shape[0]} channel(s) but image 0 has {imgs[0].shape[0]}")
+        if im.shape[0] != imgs[0].shape[0]:
+            raise ValueError(f"image {i} has {im.shape[0]} channel(s) but image 0 has {imgs[0].shape[0]}")
         if size is None and im.shape != imgs[0].shape:
-            raise ValueError(f"image {i} is {tuple(im.shape[1:])} but image 0 is {tuple(imgs[0].shape[1:])}; pass `size` to fit them all")
+            raise ValueError(f"image {i} is {tuple(im.shape[1:])} but image 0 is {tuple(imgs[0].shape[1:])}; "
+                             "pass `size` to fit them all")
     return torch.stack([fit_image(im, size, method) if size else im for im in imgs])
 
 def _chw(a):
@@ -234,25 +239,34 @@ def _chw(a):
     return a[None] if a.ndim == 2 else a.permute(2, 0, 1) if a.ndim == 3 and a.shape[-1] in (1, 3, 4) else a
 
 # %% ../nbs/05_ingest.ipynb #3d745f4f
-def class_labels(labels, # class of each image: ints 0..c-1 (tensor/array), or any values (str, int) to map through `vocab`
+def class_labels(labels, # class of each image: ints 0..c-1 (tensor/array), or any values (str, int) mapped by `vocab`
                  vocab=None, # the classes in order; None: 0..max for integer tensors, sorted unique values otherwise
                 ) -> tuple:
-    "Check and encode class labels: (LongTensor of indices, vocab); a NaN, non-integer or unknown label raises naming the item"
+    "Check and encode class labels: (LongTensor of indices, vocab); a NaN, non-integer or unknown label raises, named"
     if torch.is_tensor(labels) or (isinstance(labels, np.ndarray) and labels.dtype.kind in 'iuf'):
         y = torch.as_tensor(labels)
         if y.ndim != 1: raise ValueError(f"class labels must be one per image, shape (N,), not {tuple(y.shape)}")
         if y.is_floating_point():
             bad = y.isnan() | (y != y.round())
-            if bad.any(): i = int(bad.nonzero()[0]); raise ValueError(f"label {i} is {y[i].item()}; class labels must be whole numbers (a NaN label is not a class)")
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                raise ValueError(f"label {i} is {y[i].item()}; class labels must be whole numbers "
+                                 "(a NaN label is not a class)")
         y = y.long()
         n = len(vocab) if vocab is not None else int(y.max()) + 1 if len(y) else 0
         bad = (y < 0) | (y >= n)
-        if bad.any(): i = int(bad.nonzero()[0]); raise ValueError(f"label {i} is {int(y[i])}, outside the class indices 0..{n-1}")
-        return y, vocab if isinstance(vocab, CategoryMap) else CategoryMap(range(n) if vocab is None else vocab, sort=False)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"label {i} is {int(y[i])}, outside the class indices 0..{n-1}")
+        if not isinstance(vocab, CategoryMap): vocab = CategoryMap(range(n) if vocab is None else vocab, sort=False)
+        return y, vocab
     labels = list(labels.tolist() if hasattr(labels, 'tolist') else labels)
     for i, l in enumerate(labels):
-        if l is None or (isinstance(l, float) and math.isnan(l)): raise ValueError(f"label {i} is missing (NaN/None); drop the item or give it a class")
-    vocab = CategoryMap(labels) if vocab is None else vocab if isinstance(vocab, CategoryMap) else CategoryMap(vocab, sort=False)
+        if l is None or (isinstance(l, float) and math.isnan(l)):
+            raise ValueError(f"label {i} is missing (NaN/None); drop the item or give it a class")
+    if vocab is None: vocab = CategoryMap(labels)
+    elif not isinstance(vocab, CategoryMap): vocab = CategoryMap(vocab, sort=False)
     for i, l in enumerate(labels):
-        if l not in vocab.o2i: raise ValueError(f"label {i} ({l!r}) is not one of the {len(vocab)} classes {list(vocab)[:10]}")
+        if l not in vocab.o2i:
+            raise ValueError(f"label {i} ({l!r}) is not one of the {len(vocab)} classes {list(vocab)[:10]}")
     return torch.tensor([vocab.o2i[l] for l in labels], dtype=torch.long), vocab
