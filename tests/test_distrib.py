@@ -42,8 +42,10 @@ def test_distrib_pk_batches_are_the_global_ones_split_by_rank(run):
 def test_distrib_ranks_agree_on_bounds_and_snapshots(run):
     out, (r0, r1) = run
     assert r0['bounds'] == r1['bounds']              # one range test's result on every rank
-    assert r0['snapshots'] == r1['snapshots'] == [str(out/'models'/f'snapshot_{i:03d}.pth') for i in range(2)]
-    assert sorted(p.name for p in (out/'models').iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth'] # written once, no temp files left
+    run0 = out/'models'/'snapshot'/'run_000' # one run folder for both ranks, made by rank 0
+    assert r0['snapshots'] == r1['snapshots'] == [str(run0/f'snapshot_{i:03d}.pth') for i in range(2)]
+    assert sorted(p.name for p in run0.iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth'] # written once, no temp files left
+    assert [p.name for p in (out/'models'/'snapshot').iterdir()] == ['run_000']
 
 def test_distrib_gathered_preds_match_one_process(run):
     "`get_preds`, `snapshot_preds` and `tta10` in two processes: every valid item once, in order, as one process predicts it"

@@ -114,10 +114,27 @@ def test_snapshots_under_fastai_fit_sgdr_are_the_cycle_end_weights(dls):
     with quiet(learn), learn.no_logging(): learn.fit_sgdr(2, 1, 1e-2, cycle_mult=2, cbs=[SnapshotEnsemble(2, 1, 2), keep])
     assert len(learn.snapshots) == 2 and same(learn.snapshots[0], keep.w[0]) and same(learn.snapshots[1], keep.w[2])
 
+@pytest.mark.parametrize('args', [(), (2, 1)], ids=['found', 'checked'])
+def test_snapshots_under_fastai_fit_sgdr_need_no_arguments(dls, args):
+    "issue 20: fit_sgdr(2, 1) gave one snapshot unless the cycles were repeated by hand"
+    learn = timm_learner(dls, small_cnn())
+    snap = SnapshotEnsemble(*args, cycle_mult=2) if args else SnapshotEnsemble()
+    with quiet(learn), learn.no_logging(): learn.fit_sgdr(2, 1, 1e-2, cbs=snap) # fastai's default cycle_mult=2: epochs 0 and 1-2
+    assert len(learn.snapshots) == 2
+
+def test_a_second_run_on_disk_neither_overwrites_nor_mixes(dls, tmp_path):
+    learn = timm_learner(dls, small_cnn(), path=tmp_path)
+    with quiet(learn), learn.no_logging(): learn.fit_sgdr_snapshots(3, 1, 2e-2, 1e-3, to_disk=True)
+    first = {f: f.read_bytes() for f in learn.snapshots}
+    with quiet(learn), learn.no_logging(): learn.fit_sgdr_snapshots(2, 1, 2e-2, 1e-3, to_disk=True) # same path and fname, fewer cycles
+    assert {f: f.read_bytes() for f in first} == first and not set(first) & set(learn.snapshots)
+    new = timm_learner(dls, small_cnn(), path=tmp_path).load_snapshots()
+    assert list(new.snapshots) == list(learn.snapshots) and len(new.load_snapshots(run=0).snapshots) == 3
+
 def test_interrupted_fit_keeps_finished_snapshots_on_disk_and_a_new_learner_ensembles_them(dls, tmp_path):
     learn = timm_learner(dls, small_cnn(), path=tmp_path)
     with quiet(learn), learn.no_logging(): learn.fit_sgdr_snapshots(4, 1, 2e-2, 1e-3, to_disk=True, cbs=CancelAt(2))
-    assert sorted(p.name for p in (tmp_path/'models').iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth']
+    assert sorted(p.name for p in (tmp_path/'models'/'snapshot'/'run_000').iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth']
     new = timm_learner(dls, small_cnn(), path=tmp_path).load_snapshots()
     with quiet(learn), quiet(new):
         p_new, t = new.snapshot_preds()
@@ -180,7 +197,7 @@ def test_fine_tune_with_mixup_snapshots_and_tempering_in_one_fit(dls, mix):
     loss_func, fs = learn.loss_func, dls.train.after_batch.fs
     snap, tmp = SnapshotEnsemble(), Tempering(switch_epoch=2)
     with quiet(learn), learn.no_logging(): learn.fine_tune(3, 2e-2, freeze_epochs=1, lr_mult=1, cbs=[mix(), snap, tmp])
-    assert len(learn.snapshots) == 2 and tmp.switch_at == 2                   # one snapshot per fine_tune phase; switched in phase 2
+    assert len(learn.snapshots) == 1 and tmp.switch_at == 2                   # the frozen phase makes none; switched in phase 2
     assert learn.loss_func is loss_func and dls.train.after_batch.fs is fs and dls.train.bs == 64
     with quiet(learn): probs, targs = learn.snapshot_preds()
     assert (probs.argmax(1) == targs).float().mean() > 0.75 # 0.80 to 0.88 over seeds 0-4; chance is 0.1

@@ -14,54 +14,96 @@ from fastai.torch_core import get_model, find_bs
 from fastai.learner import Learner, Recorder, save_model, load_model
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
-from ..core import kept_state, lr_find_or_preds, atomic_write, rank_world, barrier
+from ..core import kept_state, lr_find_or_preds, atomic_write, rank_world, barrier, from_rank0
 
 # %% auto #0
 __all__ = ['SnapshotEnsemble']
 
 # %% ../../nbs/41_schedule.snapshot.ipynb #e13fd0dd
 class SnapshotEnsemble(Callback):
-    "Keep the weights at the end of each SGDR cycle (`n_cycles` of `cycle_len` epochs, times `cycle_mult`), or of each fit if no cycles are given, in `learn.snapshots`"
+    "Keep the weights at the end of each lr cycle, found from the learner's own schedule (an epoch that ends falling and is followed by a higher lr), in `learn.snapshots`"
     order = Recorder.order + 1 # after the epoch's metrics are recorded
     def __init__(self,
-                 n_cycles:int|None=None, # cycles of the fit (as given to `fit_sgdr`); None: one snapshot at the end of each fit
-                 cycle_len:int=1, # epochs of the first cycle
-                 cycle_mult:int=1, # each cycle is this many times longer than the one before
-                 to_disk:bool=False, # write each snapshot to `learn.path/learn.model_dir/{fname}_{i:03d}.pth` instead of holding it in memory
-                 fname:str='snapshot', # file name prefix, with `to_disk`
+                 n_cycles:int|None=None, # a check: the cycles given to `fit_sgdr`, which the schedule must show; None: found from the lr
+                 cycle_len:int=1, # a check: epochs of the first cycle
+                 cycle_mult:int=1, # a check: each cycle is this many times longer than the one before
+                 to_disk:bool=False, # write each snapshot to `learn.path/learn.model_dir/{fname}/run_{r:03d}/`, a new folder per callback
+                 fname:str='snapshot', # the folder and file name prefix, with `to_disk`
+                 frozen:bool=False, # also keep cycles trained with a frozen body (`fine_tune`'s first phase): skipped by default
                 ):
+        for k, v in dict(n_cycles=n_cycles, cycle_len=cycle_len, cycle_mult=cycle_mult).items():
+            if v is not None and (type(v) is not int or v < 1): raise ValueError(f"{k} must be a whole number >= 1, not {v!r}")
         store_attr()
-        self.snapshots = L()
+        self.snapshots, self.run_dir = L(), None
 
-    def cycle_ends(self) -> dict:
-        "The last epoch of each cycle of this fit: {epoch: cycle}"
-        if self.n_cycles is None: return {self.n_epoch - 1: 0}
+    def cycle_ends(self) -> set|None:
+        "The last epoch of each cycle `n_cycles`, `cycle_len` and `cycle_mult` give this fit; None without `n_cycles`"
+        if self.n_cycles is None: return None
         lens = [self.cycle_len * self.cycle_mult**i for i in range(self.n_cycles)]
         if sum(lens) != self.n_epoch:
             raise ValueError(f"SnapshotEnsemble(n_cycles={self.n_cycles}, cycle_len={self.cycle_len}, cycle_mult={self.cycle_mult}) spans {sum(lens)} epochs "
-                             f"but the fit has {self.n_epoch}: give it the arguments given to `fit_sgdr`, or no cycles for one snapshot per fit")
-        return {e - 1: i for i, e in enumerate(itertools.accumulate(lens))}
+                             f"but the fit has {self.n_epoch}: give it the arguments given to `fit_sgdr`, or none to find the cycles from the lr")
+        return {e - 1 for e in itertools.accumulate(lens)}
+
+    def restarts_after(self, epoch:int) -> bool|None:
+        "Whether the lr schedule restarts after `epoch`: falling at its last batch, higher at the next epoch's first; None without a `ParamScheduler`"
+        f = next((cb.scheds['lr'] for cb in self.learn.cbs if isinstance(cb, ParamScheduler) and 'lr' in cb.scheds), None)
+        if f is None: return None
+        # the schedule half a batch either side of the epoch's end, and a batch before: fastai's `combine_scheds` cuts
+        # its cycles at float32 fractions of the fit, so the restart can fall a rounding error either side of the end
+        end, h = (epoch + 1) / self.n_epoch, 0.5 / (self.n_iter_train * self.n_epoch)
+        lr = lambda pos: np.asarray(f(min(max(pos, 0.), 1.)), dtype=float) # a value per parameter group
+        before, last, after = lr(end - 3 * h), lr(end - h), lr(end + h)
+        return bool((last < before).any() and (after > last).any())
 
     def before_fit(self):
         self.run = not lr_find_or_preds(self.learn)
-        self.learn.snapshots, self.first = self.snapshots, len(self.snapshots)
+        self.learn.snapshots, self.ends, self.pending, self.prev, self.last = self.snapshots, None, None, None, None
     def before_epoch(self): self.trained = False
     def before_train(self):
-        self.trained = True
-        if not hasattr(self, 'ends'): self.ends = self.cycle_ends() # here, not in before_fit: `validate` calls that too, with a stale `n_epoch`
+        if self.ends is None: self.ends = self.cycle_ends() or set() # here: `validate` runs before_fit too, with a stale `n_epoch`
+    def after_train(self): self.trained, self.n_iter_train = True, self.n_iter
+    def after_batch(self):
+        if not self.training: return
+        self.prev, self.last = self.last, _lrs(self.opt) # the rates this batch trained at
+        # with no fastai schedule to read, an epoch whose lr fell at its end ended a cycle if the next starts higher
+        if self.pending is not None and self.iter == 0:
+            if any(a > b for a, b in zip(self.last, self.pending[1])): self._keep(self.pending[0])
+            self.pending = None
     def after_epoch(self):
-        # an epoch skipped (`start_epoch`) or a `validate` call has no training: it ends no cycle
-        if self.trained and self.epoch in self.ends: self.snapshots.append(self._take(self.first + self.ends[self.epoch]))
-    def after_fit(self): self.__dict__.pop('ends', None)
+        if not self.trained: return # a skipped epoch (`start_epoch`) or a `validate` call ends no cycle
+        if getattr(self.opt, 'frozen_idx', 0) > 0 and not self.frozen: return # fine_tune's frozen phase: the head alone
+        if self.epoch == self.n_epoch - 1: self._keep(self._weights()); return # a fit's last epoch ends its last cycle
+        restart = self.restarts_after(self.epoch)
+        if self.n_cycles is not None:
+            if restart is not None and restart != (self.epoch in self.ends):
+                raise ValueError(f"the lr schedule {'restarts' if restart else 'does not restart'} after epoch {self.epoch}, but SnapshotEnsemble(n_cycles={self.n_cycles}, "
+                                 f"cycle_len={self.cycle_len}, cycle_mult={self.cycle_mult}) has {'no ' if restart else ''}cycle end there: pass the arguments given to `fit_sgdr`, or none")
+            if self.epoch in self.ends: self._keep(self._weights())
+        elif restart: self._keep(self._weights())
+        elif restart is None and self.prev is not None and any(a < b for a, b in zip(self.last, self.prev)):
+            self.pending = self._weights(), self.last # decided by the next epoch's first batch
+    def after_fit(self): self.pending = None # a fit stopped before its next epoch: that epoch's end is no cycle's
 
-    def _take(self, i):
-        "This epoch's weights: a copy in host memory, or the path of the file they were written to, atomically"
-        if not self.to_disk: return {k: v.detach().to('cpu', copy=True) for k, v in get_model(self.model).state_dict().items()}
-        file = self.path/self.model_dir/f'{self.fname}_{i:03d}.pth'
+    def _weights(self): return {k: v.detach().to('cpu', copy=True) for k, v in get_model(self.model).state_dict().items()}
+    def _keep(self, w):
+        "Add weights `w` to the snapshots: in host memory, or written atomically into this callback's run folder"
+        if not self.to_disk: self.snapshots.append(w); return
+        if self.run_dir is None: self.run_dir = from_rank0(_new_run(self.path/self.model_dir/self.fname) if rank_world()[0] == 0 else None)
+        file = self.run_dir/f'{self.fname}_{len(self.snapshots):03d}.pth'
         if rank_world()[0] == 0: # every rank has the same weights: one writes, the others wait until it has
-            with atomic_write(file) as tmp: save_model(tmp, self.model, None, with_opt=False)
+            with atomic_write(file) as tmp: torch.save(w, tmp)
         barrier()
-        return file
+        self.snapshots.append(file)
+
+def _lrs(opt): return [h['lr'] for h in opt.hypers]
+
+def _new_run(root):
+    "A new, empty folder `root/run_{r:03d}`, `r` one more than the last run there, made atomically: no two runs share one"
+    root.mkdir(parents=True, exist_ok=True)
+    for r in itertools.count(1 + max([int(p.name[4:]) for p in root.glob('run_[0-9][0-9][0-9]')], default=-1)):
+        try: (root/f'run_{r:03d}').mkdir(); return root/f'run_{r:03d}'
+        except FileExistsError: continue
 
 # %% ../../nbs/41_schedule.snapshot.ipynb #d2cfa734
 def _group_lrs(opt, lr) -> np.ndarray:
@@ -165,10 +207,15 @@ def snapshot_report(self:Learner,
 # %% ../../nbs/41_schedule.snapshot.ipynb #93291b82
 @patch
 def load_snapshots(self:Learner,
-                   fname:str='snapshot', # the prefix `SnapshotEnsemble(to_disk=True, fname=...)` wrote under
+                   fname:str='snapshot', # the `fname` given to `SnapshotEnsemble(to_disk=True, fname=...)`
+                   run:int|None=None, # the run to load, the `r` of its folder `run_{r:03d}`; None: the last one
                   ) -> Learner:
-    "Point `learn.snapshots` at the snapshot files `{fname}_*.pth` in `learn.path/learn.model_dir`, in cycle order"
-    files = L(sorted((self.path/self.model_dir).glob(f'{fname}_[0-9][0-9][0-9].pth')))
-    if not files: raise ValueError(f"no snapshot files {fname}_000.pth, ... in {self.path/self.model_dir}")
-    self.snapshots = files
+    "Point `learn.snapshots` at the snapshot files of one run, `learn.path/learn.model_dir/{fname}/run_{r:03d}/`, in cycle order"
+    root = self.path/self.model_dir/fname
+    runs = sorted(p for p in root.glob('run_[0-9][0-9][0-9]') if any(p.glob(f'{fname}_[0-9][0-9][0-9].pth')))
+    if not runs: raise ValueError(f"no snapshot runs in {root}: fit with `SnapshotEnsemble(to_disk=True, fname={fname!r})` first")
+    if run is None: d = runs[-1]
+    elif (d := root/f'run_{run:03d}') not in runs:
+        raise ValueError(f"no snapshot run {run} in {root}: the runs there are {[int(p.name[4:]) for p in runs]}")
+    self.snapshots = L(sorted(d.glob(f'{fname}_[0-9][0-9][0-9].pth')))
     return self
