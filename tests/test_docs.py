@@ -169,7 +169,7 @@ def test_new_notebooks_are_picked_up_not_run_and_checked(tmp_path):
                                                           ('code', "raise RuntimeError('a docs build must not run notebooks')", stored)))
     (proj/'nbs'/'00_core.ipynb').write_text(_nb(('code', '#|default_exp core', []), ('markdown', '# Core\n\n> documents nothing', None)))
     r = build(proj, proj/'_docs')
-    assert r.returncode != 0 and 'compkit.core: seed_everything, get_device, device_generator, atomic_write' in r.stderr, r.stderr
+    assert r.returncode != 0 and re.search(r'compkit.core: seed_everything, .*get_device, .*atomic_write', r.stderr), r.stderr
     page = Html((proj/'_docs'/'tutorial.fake.html').read_text())
     assert 'stored output 1234' in page.all_text and page.heads['h1'] == ['Fake tutorial']
     assert 'A summary that wraps.' in page.all_text                  # nbdev alone keeps the first line of a summary only
