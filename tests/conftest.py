@@ -5,9 +5,10 @@ import pytest, torch
 from compkit.core import seed_everything
 
 if torch.cuda.is_available():
-    # fp32 comparisons between passes of different batch sizes (tta10's chunks) need fp32 convolutions: cuDNN's default,
-    # TF32, rounds to 10 bits (make test-cuda also sets NVIDIA_TF32_OVERRIDE=0, for the notebooks)
-    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = 'ieee'
+    # fp32 comparisons of passes of different batch sizes (tta10's chunks) need fp32 convolutions: cuDNN's default,
+    # TF32, rounds to 10 bits (make test-cuda also sets NVIDIA_TF32_OVERRIDE=0, for the notebooks). The legacy
+    # switches: torch 2.9's fp32_precision ones, set for convolutions alone, make a later read of `allow_tf32` raise
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'cuda: needs a CUDA GPU; skipped without one, failed when COMPKIT_DEVICE=cuda')
@@ -16,7 +17,8 @@ def pytest_runtest_setup(item):
     "A `cuda` test where CUDA is missing: skipped by `make test`, failed by `make test-cuda` (COMPKIT_DEVICE=cuda)"
     if item.get_closest_marker('cuda') is None or torch.cuda.is_available(): return
     if os.environ.get('COMPKIT_DEVICE', '').startswith('cuda'):
-        pytest.fail(f"COMPKIT_DEVICE={os.environ['COMPKIT_DEVICE']} but torch {torch.__version__} sees no GPU", pytrace=False)
+        dev = os.environ['COMPKIT_DEVICE']
+        pytest.fail(f"COMPKIT_DEVICE={dev}, but torch {torch.__version__} sees no GPU", pytrace=False)
     pytest.skip('needs a CUDA GPU: `make test-cuda` runs it')
 
 @pytest.fixture(autouse=True)
