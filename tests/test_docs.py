@@ -266,3 +266,19 @@ def test_every_public_name_and_method_has_its_entry(site):
     ids = {m: Html((site.out/f'{m}.html').read_text()).ids for m in api}
     missing = {m: [n for n in ns if n.lower() not in ids[m]] for m, ns in api.items()}
     assert not {m: ns for m, ns in missing.items() if ns}, missing
+
+def test_readme_rows_are_the_bands():
+    """The README's table (from nbs/index.ipynb) has a row per band in the sidebar's order, each naming its test file
+    and the modules its notebooks export (one map: tools/docs.py's `BANDS`)"""
+    tool, readme = _docs_tool(), (ROOT/'README.md').read_text()
+    rows = [[c.strip() for c in l.strip('|').split('|')] for l in readme[readme.index('## What is in it'):].splitlines()
+            if l.startswith('|')][2:]                                     # after the header and its rule
+    assert [r[0] for r in rows] == [t for _, t in tool.BANDS if t != 'API']
+    exports = {}
+    for nb in NBS:
+        m = re.search(r'#\|\s*default_exp\s+([\w.]+)', nb.read_text())
+        if m: exports.setdefault(tool.section(nb), set()).add(m[1])
+    for band, pkg, mods, _ in rows:
+        assert set(re.findall(r'`([\w.]+)`', mods)) == exports.get(band, set()), band
+        tests = re.findall(r'`(test_\w+\.py)`', pkg)
+        assert all((ROOT/'tests'/t).exists() for t in tests) and (tests or band == 'Tutorials'), (band, pkg)
