@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from fastcore.basics import ifnone, getcallable, detuplify, noop
-from fastai.torch_core import to_detach, to_concat, TensorCategory, TensorMultiCategory
+from fastai.torch_core import to_detach, to_concat, to_cpu, TensorCategory, TensorMultiCategory
 from fastai.callback.core import Callback
 from fastai.learner import mk_metric, save_model
 from ..core import seed_everything, atomic_write
@@ -202,11 +202,13 @@ class _LastValid(Callback):
     def before_validate(self): self.preds, self.targs = [], []
     def after_batch(self):
         if self.training or self.learn.dl is not self.dls.valid or not hasattr(self.learn, 'pred'): return
-        self.preds.append(self.learn.to_detach(self.pred)); self.targs.append(self.learn.to_detach(self.yb))
+        # gathered over the ranks, kept on the device: one copy to the host at the end, not one per batch
+        self.preds.append(self.learn.to_detach(self.pred, cpu=False))
+        self.targs.append(self.learn.to_detach(self.yb, cpu=False))
     def after_validate(self):
         if self.learn.dl is not self.dls.valid or not self.preds: return
         act = getcallable(self.loss_func, 'activation') # as `get_preds` activates
-        res = act(to_concat(self.preds)), detuplify(to_concat(self.targs))
+        res = to_cpu(act(to_concat(self.preds))), to_cpu(detuplify(to_concat(self.targs)))
         self.res = res, self.learn.model, _versions(self.learn.model)
 
     def valid_preds(self, learn):
