@@ -356,3 +356,12 @@ def test_cv_pseudo_labels_on_a_fold():
     xb, yb = dls2.train_ds.items(torch.arange(n, n + 100, device=dls.train_ds.x.device))
     assert len(dls2.train_ds) == n + 100 and torch.equal(xb.cpu(), CV_D.x[:100]) and torch.equal(yb.cpu(), pl.y)
     assert torch.equal(dls2.train_ds.items(torch.arange(5))[0].cpu(), dls.train_ds.items(torch.arange(5))[0].cpu())
+
+def test_cv_test_loader_equals_test_images():
+    "`test` as a `DeviceDL` (any loaders' `test_dl`) is predicted with each fold's own normalization, as images are"
+    make = lambda dls: Learner(dls, CVNet(10), metrics=accuracy)
+    kw = dict(n_splits=3, fit=fit_1, seed=0)
+    a = cross_validate(make, (CV_D.x[100:], CV_D.y[100:]), test=CV_D.x[:100], **kw)
+    other = DeviceDataLoaders.from_tensorset(CV_D, seed=0) # other statistics than any fold's
+    b = cross_validate(make, (CV_D.x[100:], CV_D.y[100:]), test=other.test_dl(CV_D.x[:100]), **kw)
+    assert torch.allclose(a.test_preds, b.test_preds, atol=1e-5)
