@@ -3,11 +3,13 @@ for a GPU: a device tensor handed to fastai's host-side code, a CPU tensor mixed
 on the CPU show there. `HostReads` shows a host read in a per-batch path (on a GPU, a wait for the device) on the CPU.
 The same checks on a real GPU are in `test_cuda.py`."""
 import traceback
-import pytest, torch
+import pytest, torch, torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from fastai.torch_core import tensor, nested_reorder
 from fastai.learner import _ConstantFunc
+from fastai.layers import Flatten
+from fastai.callback.channelslast import ChannelsLast
 import compkit.data
 from compkit.datasets import digits, digit_boxes
 from compkit.data import DeviceDataLoaders
@@ -15,6 +17,7 @@ from compkit.retrieval.sampling import PKSampler
 from compkit.augment import RandomPadCrop, RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting
 from compkit.learner import timm_learner
 from compkit.classify.mixup import MixUp, CutMix, MixUpCutMix
+from compkit.predict.tta import TenCrop, _chunk
 import compkit.box.data # DeviceDataLoaders.from_boxes
 
 D, B = digits(16), digit_boxes(32, n=200, seed=0)
@@ -124,3 +127,34 @@ def test_mixing_per_image_reads_nothing_back(cb):
     with HostReads() as reads:
         for _ in range(20): cb.mix(xb, (yb,))
     assert not reads.seen, reads.seen[0]
+
+# --- channels_last on the CPU: the layouts a GPU run uses, where a `view` assuming NCHW strides fails ----------------
+
+def test_tta10_measures_and_runs_the_layout_it_feeds():
+    "`_auto_chunk` measures one view as the passes feed it: in the batch's layout, not a bare crop's strided slice"
+    x = torch.rand(8, 3, 16, 16)
+    tc = TenCrop((16, 16), 14, 8/7)
+    xs = tc.rescale(x)
+    with pytest.raises(RuntimeError, match='view size'): tc.crop(xs, 0).view(8, -1) # as fastai's `Flatten` does
+    for views in (range(1), range(4)): assert _chunk(tc, xs, views).view(8 * len(views), -1).shape[1] == 3 * 14 * 14
+    # channels_last batches give channels_last views: the layout the model trained on
+    cl = tc.rescale(x.contiguous(memory_format=torch.channels_last))
+    assert _chunk(tc, cl, range(4)).is_contiguous(memory_format=torch.channels_last)
+    x8 = torch.randint(0, 256, (96, 3, 16, 16), dtype=torch.uint8)
+    dls = DeviceDataLoaders.from_tensors(x8, torch.arange(96) % 4, valid_pct=0.5, seed=0, bs=16)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(8, 4))
+    learn = timm_learner(dls, model, cbs=ChannelsLast()) # channels_last; its 1x1 pooled map flattened by `view`
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1)
+        p1, p4 = (learn.tta10(chunk=c)[0] for c in (1, 4))
+    assert torch.allclose(p1, p4, atol=1e-5)
+
+def test_a_per_pixel_loss_of_channels_last_predictions_mixes():
+    "A per-pixel loss of channels_last predictions is not contiguous: MixUp's per-image mix reshapes it"
+    pred = torch.randn(4, 5, 6, 7).contiguous(memory_format=torch.channels_last)
+    y, y1, lam = torch.rand(4, 5, 6, 7), torch.rand(4, 5, 6, 7), torch.rand(4)
+    lf = nn.BCEWithLogitsLoss()
+    cb = MixUpCutMix(mode='elem'); cb.yb1, cb.lam = (y1,), lam
+    per_item = lambda t: F.binary_cross_entropy_with_logits(pred, t, reduction='none').mean((1, 2, 3))
+    expected = (lam * per_item(y) + (1 - lam) * per_item(y1)).mean()
+    assert torch.allclose(cb.mixed_loss(lf, pred, (y,)), expected, atol=1e-6)
