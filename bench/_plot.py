@@ -1,4 +1,5 @@
-"A benchmark's figure, saved where `make bench` collects it (the folder $BENCH_OUT; nowhere when a benchmark runs by itself)."
+"""A benchmark's figure, saved where `make bench` collects it (the folder $BENCH_OUT; nowhere when a benchmark runs by
+itself)."""
 import os
 from pathlib import Path
 import matplotlib; matplotlib.use('agg')
@@ -13,7 +14,8 @@ def bar_chart(name:str, # file name without .png
     "Horizontal bars of `groups`, each labelled with its value, saved as $BENCH_OUT/`name`.png"
     if not os.environ.get('BENCH_OUT'): return
     colours = {s: f'C{i}' for i, s in enumerate(dict.fromkeys(s for g in groups.values() for s in g))}
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.28 * (sum(map(len, groups.values())) + 0.6 * len(groups))), layout='constrained')
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.28 * (sum(map(len, groups.values())) + 0.6 * len(groups))),
+                           layout='constrained')
     y, ticks = 0., []
     for g in groups.values(): # each group's own bars, one slot each, then a gap
         ticks.append(y + (len(g) - 1) / 2)

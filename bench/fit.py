@@ -42,7 +42,8 @@ class OneBatch:
     def to(self, device): return self
 
 def data(size, repeat, max_batches, bs):
-    "digits at `size` px, `repeat` times over (the split kept), cut to `max_batches` training batches if set: (x, y, valid_idx)"
+    """digits at `size` px, `repeat` times over (the split kept), cut to `max_batches` training batches if set: (x, y,
+    valid_idx)"""
     ts = digits(size)
     n, valid = len(ts.x), ts.valid_idx
     x, y = ts.x.repeat(repeat, 1, 1, 1), ts.y.repeat(repeat)
@@ -55,14 +56,16 @@ def data(size, repeat, max_batches, bs):
     return x, y, valid
 
 def floor_seconds(model, xb, yb, n_train, n_valid, lr=1e-3):
-    "Seconds of `n_train` training steps and `n_valid` validation batches of `model` in a plain torch loop on one batch: no loader, no callbacks"
+    """Seconds of `n_train` training steps and `n_valid` validation batches of `model` in a plain torch loop on one
+    batch: no loader, no callbacks"""
     model = model.to(xb.device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
     def epoch():
         sync(xb.device); t = time.perf_counter()
         model.train()
         for _ in range(n_train):
-            loss = nn.functional.cross_entropy(model(xb), yb); loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(xb), yb); loss.backward(); opt.step()
+            opt.zero_grad(set_to_none=True)
         model.eval()
         with torch.no_grad():
             for _ in range(n_valid): model(xb)
@@ -91,14 +94,16 @@ def config(arch, size, bs, repeat, reps, max_batches, device):
     dls = DeviceDataLoaders.from_tensors(x, y, valid_idx=valid, bs=bs, seed=0, device=device)
     n_train, n_valid = len(dls.train), len(dls.valid)
     xb, yb = (t.as_subclass(torch.Tensor) for t in dls.train.one_batch())
-    learner = lambda dls, **kw: timm_learner(dls, arch, n_out=10, n_in=1, metrics=[], loss_func=CrossEntropyLossFlat(), **kw)
+    learner = lambda dls, **kw: timm_learner(dls, arch, n_out=10, n_in=1, metrics=[], loss_func=CrossEntropyLossFlat(),
+                                             **kw)
     fixed = DataLoaders(OneBatch((xb, yb), n_train), OneBatch((xb, yb), n_valid), device=device)
     with tempfile.TemporaryDirectory() as tmp:
         files = png_folder(x, y, valid, Path(tmp))
         block = DataBlock((ImageBlock(cls=PILImageBW), CategoryBlock), get_items=get_image_files, get_y=parent_label,
                           splitter=GrandparentSplitter(valid_name='valid'))
         fastai_dls = block.dataloaders(files, bs=bs, device=device) # fastai's default num_workers
-        # the floor trains the same model (timm's body, fastai's head) as the fits: only the framework's own work differs
+        # the floor trains the same model (timm's body, fastai's head) as the fits: only the framework's own work
+        # differs
         runs = {'floor': floor_seconds(learner(dls).model, xb, yb, n_train, n_valid),
                 'compkit': fit_seconds(learner(dls), device),
                 'compkit, fastai Adam': fit_seconds(learner(dls, opt_func=Adam), device),
@@ -123,28 +128,35 @@ def main(configs, bs, repeat, reps, max_batches, threads):
     if configs is None: configs = ['resnet18:128', 'resnet50:224'] if device.type == 'cuda' else ['resnet10t:32']
     if bs is None: bs = 128 if device.type == 'cuda' else 64
     if repeat is None: repeat = 6 if device.type == 'cuda' else 1
-    impl = 'fused' if TorchAdamW([nn.Parameter(torch.zeros(2, 2, device=device))], lr=1e-3).opt.defaults.get('fused') else 'foreach'
+    impl = 'fused' if TorchAdamW([nn.Parameter(torch.zeros(2, 2, device=device))],
+                                 lr=1e-3).opt.defaults.get('fused') else 'foreach'
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
-    print(f"### One fit_one_cycle epoch ({device} {name}, {torch.get_num_threads()} thread(s), bs {bs}, fp32; best of {reps} epochs after a warm-up)\n")
+    print(f"### One fit_one_cycle epoch ({device} {name}, {torch.get_num_threads()} thread(s), bs {bs}, fp32; best of "
+          f"{reps} epochs after a warm-up)\n")
     print('| model, px | batches (train + valid) | run | s per epoch | / floor | / compkit |\n|---|---|---|---|---|---|')
     plot = {}
     for c in configs:
         arch, size = c.split(':')
         t, (nt, nv), nw = config(arch, int(size), bs, repeat, reps, max_batches, device)
         for k, v in ROWS.items():
-            print(f"| {arch}, {size} | {nt} + {nv} | {v.format(impl=impl, nw=nw)} | {t[k]:.3f} | {t[k] / t['floor']:.2f}x | {t[k] / t['compkit']:.2f}x |",
+            print(f"| {arch}, {size} | {nt} + {nv} | {v.format(impl=impl, nw=nw)} | {t[k]:.3f} | "
+                  f"{t[k] / t['floor']:.2f}x | {t[k] / t['compkit']:.2f}x |",
                   flush=True)
         plot[f'{arch} {size} px'] = {k: t[k] / t['floor'] for k in ROWS}
     print()
-    bar_chart('fit_vs_floor', plot, 'epoch time / the floor', f'One fit epoch against the floor ({device}, bs {bs})', fmt='{:.2f}x')
+    bar_chart('fit_vs_floor', plot, 'epoch time / the floor', f'One fit epoch against the floor ({device}, bs {bs})',
+              fmt='{:.2f}x')
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--configs', nargs='+', help='arch:px pairs (default: resnet18:128 and resnet50:224 on a GPU, resnet10t:32 on a CPU)')
+    p.add_argument('--configs', nargs='+', help='arch:px pairs (default: resnet18:128 and resnet50:224 on a GPU, '
+                                                'resnet10t:32 on a CPU)')
     p.add_argument('--bs', type=int, help='batch size (default 128 on a GPU, 64 on a CPU)')
     p.add_argument('--repeat', type=int, help='times over the 1,797 digits (default 6 on a GPU, 1 on a CPU)')
     p.add_argument('--reps', type=int, default=2, help='timed epochs per row, after one warm-up; the best is reported')
-    p.add_argument('--max-batches', type=int, default=0, help='cut the training set to this many batches (a smoke test)')
-    p.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores on a GPU machine; 1 on a CPU, for stable timings on a shared one)')
+    p.add_argument('--max-batches', type=int, default=0,
+                   help='cut the training set to this many batches (a smoke test)')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores on a GPU machine; 1 on a '
+                                                          'CPU, for stable timings on a shared one)')
     a = p.parse_args()
     main(a.configs, a.bs, a.repeat, a.reps, a.max_batches, a.threads)

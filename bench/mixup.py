@@ -57,19 +57,29 @@ def timm_step(mixer, x, y, pred, loss=SoftTargetCrossEntropy()):
 def mixers(bs, device):
     "name: {library: (mix the batch, mix the batch and compute the loss)}, for the same batch"
     timm_mix = lambda **kw: Mixup(label_smoothing=0., num_classes=10, **kw)
-    def ck(cb): learn = learner(cb, device); return (lambda x, y, p: mix(cb, learn, x, y)), (lambda x, y, p: compkit_step(cb, learn, x, y, p))
-    def fa(cb): learn = learner(cb, device); return (lambda x, y, p: mix(cb, learn, x, y)), (lambda x, y, p: fastai_step(cb, learn, x, y, p))
+    def ck(cb): learn = learner(cb, device); return (lambda x,
+                                                     y, p: mix(cb, learn, x,
+                                                               y)), (lambda x, y, p: compkit_step(cb, learn, x, y, p))
+    def fa(cb): learn = learner(cb, device); return (lambda x,
+                                                     y, p: mix(cb, learn, x,
+                                                               y)), (lambda x, y, p: fastai_step(cb, learn, x, y, p))
     def tm(m): return (lambda x, y, p: m(x, y)), (lambda x, y, p: timm_step(m, x, y, p))
     return {
-        'MixUp, one λ per batch':  {'compkit': ck(MixUp(0.4)), 'fastai': fa(FastaiMixUp(0.4)), 'timm': tm(timm_mix(mixup_alpha=0.4))},
-        'MixUp, λ per image':      {'compkit': ck(MixUp(0.4, mode='elem')), 'fastai': fa(FastaiMixUp(0.4)), 'timm': tm(timm_mix(mixup_alpha=0.4, mode='elem'))},
-        'CutMix, one box per batch': {'compkit': ck(CutMix(1.)), 'fastai': fa(FastaiCutMix(1.)), 'timm': tm(timm_mix(mixup_alpha=0., cutmix_alpha=1.))},
-        'MixUp or CutMix, per batch': {'compkit': ck(MixUpCutMix(0.4, 1.)), 'timm': tm(timm_mix(mixup_alpha=0.4, cutmix_alpha=1.))},
-        'MixUp or CutMix, per image': {'compkit': ck(MixUpCutMix(0.4, 1., mode='elem')), 'timm': tm(timm_mix(mixup_alpha=0.4, cutmix_alpha=1., mode='elem'))},
+        'MixUp, one λ per batch':  {'compkit': ck(MixUp(0.4)), 'fastai': fa(FastaiMixUp(0.4)),
+                                    'timm': tm(timm_mix(mixup_alpha=0.4))},
+        'MixUp, λ per image':      {'compkit': ck(MixUp(0.4, mode='elem')), 'fastai': fa(FastaiMixUp(0.4)),
+                                    'timm': tm(timm_mix(mixup_alpha=0.4, mode='elem'))},
+        'CutMix, one box per batch': {'compkit': ck(CutMix(1.)), 'fastai': fa(FastaiCutMix(1.)),
+                                      'timm': tm(timm_mix(mixup_alpha=0., cutmix_alpha=1.))},
+        'MixUp or CutMix, per batch': {'compkit': ck(MixUpCutMix(0.4, 1.)),
+                                       'timm': tm(timm_mix(mixup_alpha=0.4, cutmix_alpha=1.))},
+        'MixUp or CutMix, per image': {'compkit': ck(MixUpCutMix(0.4, 1., mode='elem')),
+                                       'timm': tm(timm_mix(mixup_alpha=0.4, cutmix_alpha=1., mode='elem'))},
     }
 
 def time_blocks(fns:dict, make_batch, reps:int, rounds:int=5, warmup:int=5) -> dict:
-    "Seconds per call of each of `fns`: the best over `rounds` of the median of a block of `reps` calls, each on a fresh copy of the batch"
+    """Seconds per call of each of `fns`: the best over `rounds` of the median of a block of `reps` calls, each on a
+    fresh copy of the batch"""
     # blocks, not interleaved calls: each mixer reaches its own steady state of memory reuse (a fresh 3 MB buffer costs
     # page faults, which would be charged to whichever mixer happens to get one); rounds spread the blocks over time,
     # and the best block is the one least disturbed by other processes on a shared machine
@@ -97,11 +107,13 @@ def step_time(bs, size, device, reps=10):
 
 def check_no_host_sync(bs=64, size=64, device='cuda'):
     "Run each compkit mixer's batch events under `set_sync_debug_mode('error')`: any host-device synchronisation raises"
-    x, y = TensorImage(torch.randn(bs, 3, size, size, device=device)), TensorCategory(torch.randint(0, 10, (bs,), device=device))
+    x, y = TensorImage(torch.randn(bs, 3, size, size,
+                                   device=device)), TensorCategory(torch.randint(0, 10, (bs,), device=device))
     pred = torch.randn(bs, 10, device=device)
     for cb in (MixUp(), MixUp(mode='elem'), CutMix(), CutMix(mode='elem'), MixUpCutMix(), MixUpCutMix(mode='elem')):
         learn = learner(cb, device)
-        compkit_step(cb, learn, x, y, pred) # the first batch makes the Beta distributions' parameters on the device, once
+        # the first batch makes the Beta distributions' parameters on the device, once
+        compkit_step(cb, learn, x, y, pred)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode('error')
         try:
@@ -119,17 +131,20 @@ def main(bs=64, size=64, threads=1, reps=40):
     y0, pred = torch.randint(0, 10, (bs,), device=device), torch.randn(bs, 10, device=device)
     make_batch = lambda: (TensorImage(x0.clone()), TensorCategory(y0), pred)
     step = step_time(bs, size, device)
-    print(f"{device}, {torch.get_num_threads()} thread(s); batch {bs}x3x{size}x{size} fp32, 10 classes; resnet10t training step {step*1e3:.1f} ms; best of 5 medians of {reps} calls\n")
+    print(f"{device}, {torch.get_num_threads()} thread(s); batch {bs}x3x{size}x{size} fp32, 10 classes; resnet10t "
+          f"training step {step*1e3:.1f} ms; best of 5 medians of {reps} calls\n")
     # what a step without mixing computes anyway: fastai's default loss for compkit and fastai, PyTorch's for timm
     fastai_ce, torch_ce = CrossEntropyLossFlat(), nn.CrossEntropyLoss()
-    plain = time_blocks({'fastai': lambda x, y, p: fastai_ce(p, y), 'timm': lambda x, y, p: torch_ce(p, y)}, make_batch, reps)
+    plain = time_blocks({'fastai': lambda x, y, p: fastai_ce(p, y), 'timm': lambda x, y, p: torch_ce(p, y)}, make_batch,
+                        reps)
     plain['compkit'] = plain['fastai']
     rows = []
     for name, fns in mixers(bs, device).items():
         t = time_blocks({(lib, i): fns[lib][i] for lib in fns for i in (0, 1)}, make_batch, reps)
         rows.append((name, {lib: (t[lib, 0], t[lib, 1] - plain[lib]) for lib in fns}))
     for i, title in enumerate(('Mixing the batch (images and targets), µs per batch',
-                               "What mixing adds to a training step (mixing, and the mixed loss less the plain loss), µs per batch")):
+                               "What mixing adds to a training step (mixing, and the mixed loss less the plain loss), "
+                               "µs per batch")):
         print(f"{title}\n\n| mixer | compkit | fastai | timm | compkit / fastai | compkit / timm |" + (" compkit share of step | fastai share | timm share |" if i else ""))
         print('|---|---|---|---|---|---|' + ('---|---|---|' if i else ''))
         for name, t in rows:
@@ -138,9 +153,12 @@ def main(bs=64, size=64, threads=1, reps=40):
             share = lambda k: f"{t[k][i] / step:.3%}" if k in t else '—'
             print(f"| {name} | {us('compkit')} | {us('fastai')} | {us('timm')} | {ratio('fastai')} | {ratio('timm')} |" + (f" {share('compkit')} | {share('fastai')} | {share('timm')} |" if i else ""))
         print()
-    print(f"plain loss, µs: fastai CrossEntropyLossFlat {plain['fastai']*1e6:.0f}, torch CrossEntropyLoss {plain['timm']*1e6:.0f}")
-    bar_chart('added_per_step', {name: {lib: v[1] * 1e6 for lib, v in t.items()} for name, t in rows}, 'µs added to a training step (log scale)',
-              f'What mixing adds to a step ({device}, batch {bs}x3x{size}x{size}; the step itself: {step*1e3:.0f} ms)', log=True, fmt='{:,.0f}')
+    print(f"plain loss, µs: fastai CrossEntropyLossFlat {plain['fastai']*1e6:.0f}, torch CrossEntropyLoss "
+          f"{plain['timm']*1e6:.0f}")
+    bar_chart('added_per_step', {name: {lib: v[1] * 1e6 for lib, v in t.items()} for name, t in rows},
+              'µs added to a training step (log scale)', f'What mixing adds to a step ({device}, batch '
+                                                         f'{bs}x3x{size}x{size}; the step itself: {step*1e3:.0f} ms)',
+                                                         log=True, fmt='{:,.0f}')
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])

@@ -17,7 +17,9 @@ from compkit.schedule.snapshot import SnapshotEnsemble # and Learner.fit_sgdr_sn
 from _plot import bar_chart
 
 def block(ni, nf, stride): return [nn.Conv2d(ni, nf, 3, stride, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU()]
-def small_cnn(): return nn.Sequential(*block(1, 16, 1), *block(16, 32, 2), *block(32, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+def small_cnn():
+    return nn.Sequential(*block(1, 16, 1), *block(16, 32, 2), *block(32, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10))
 
 def timed(f):
     "Seconds `f` takes, the device synchronized"
@@ -27,7 +29,8 @@ def timed(f):
     return time.perf_counter() - t
 
 def timing_snapshots():
-    "Wrap `SnapshotEnsemble._take` to add the seconds of each snapshot to a list: the overhead itself, free of the machine's noise"
+    """Wrap `SnapshotEnsemble._take` to add the seconds of each snapshot to a list: the overhead itself, free of the
+    machine's noise"""
     spent, take = [], SnapshotEnsemble._take
     def timed_take(self, i):
         t = time.perf_counter(); res = take(self, i); spent.append(time.perf_counter() - t); return res
@@ -63,29 +66,38 @@ def main(arch, size, repeats):
                 times[name].append(timed(lambda: run(learn)))
                 if name in snap_work: snap_work[name].append(sum(spent[n:]) / times[name][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
-    peers = {'compkit lr_find_bounds': 'fastai lr_find', 'compkit fit_sgdr_snapshots, in memory': 'fastai fit_sgdr(3, 1, cycle_mult=2)',
+    peers = {'compkit lr_find_bounds': 'fastai lr_find',
+             'compkit fit_sgdr_snapshots, in memory': 'fastai fit_sgdr(3, 1, cycle_mult=2)',
              'compkit fit_sgdr_snapshots, to_disk': 'fastai fit_sgdr(3, 1, cycle_mult=2)'}
-    print(f"\n## Schedules vs fastai ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+    print(f"\n## Schedules vs fastai ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} threads, "
           f"device {get_device()}, {arch} on {size} px digits, bs 64, median of {repeats}, torch {torch.__version__})\n")
-    print("| run | median s | min s | peer | this / peer (medians) | this / peer (mins) | snapshot work / fit time |\n|---|---|---|---|---|---|---|")
+    print("| run | median s | min s | peer | this / peer (medians) | this / peer (mins) | snapshot work / fit time "
+          "|\n|---|---|---|---|---|---|---|")
     for k, v in med.items():
         p = peers.get(k)
         ratios = f"{v / med[p]:.3f}x | {min(times[k]) / min(times[p]):.3f}x" if p else "- | -"
         work = f"{100 * statistics.median(snap_work[k]):.2f}%" if k in snap_work else '-'
         print(f"| {k} | {v:.2f} | {min(times[k]):.2f} | {p or '-'} | {ratios} | {work} |")
 
-    bar_chart('wall_time', {'range test': {k: v for k, v in med.items() if 'lr_find' in k}, 'SGDR, 3 cycles': {k: v for k, v in med.items() if 'sgdr' in k}},
-              'median seconds', f'Schedules vs fastai, {arch} on {size} px digits, median of {repeats}')
+    bar_chart('wall_time',
+              {'range test': {k: v for k, v in med.items()
+                              if 'lr_find' in k}, 'SGDR, 3 cycles': {k: v for k, v in med.items() if 'sgdr' in k}},
+                              'median seconds', f'Schedules vs fastai, {arch} on {size} px digits, median of {repeats}')
 
     # the one piece of work where the two range tests differ: keeping the learner's state (fastai: to disk and back)
     learn = learner(); learn.create_opt()
     def kept():
         with _kept(learn): pass
     mem = statistics.median(timed(kept) for _ in range(21))
-    disk = statistics.median(timed(lambda: (learn.save('_bench', with_opt=True), learn.load('_bench', with_opt=True))) for _ in range(21))
-    print(f"\n| keeping the learner's state around the range test | median ms |\n|---|---|\n| fastai `LRFinder` (save + load, with optimizer) | {1e3 * disk:.2f} |"
-          f"\n| compkit `lr_find_bounds` (in memory: weights, optimizer, RNGs, loaders) | {1e3 * mem:.2f} ({mem / disk:.2f}x) |")
+    disk = statistics.median(timed(lambda: (learn.save('_bench', with_opt=True),
+                                            learn.load('_bench', with_opt=True))) for _ in range(21))
+    print(f"\n| keeping the learner's state around the range test | median ms |\n|---|---|\n| fastai `LRFinder` (save "
+          f"+ load, with optimizer) | {1e3 * disk:.2f} |"
+          f"\n| compkit `lr_find_bounds` (in memory: weights, optimizer, RNGs, loaders) | {1e3 * mem:.2f} "
+          f"({mem / disk:.2f}x) |")
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser(); p.add_argument('--arch', default='small'); p.add_argument('--size', type=int, default=16); p.add_argument('--repeats', type=int, default=5)
+    p = argparse.ArgumentParser(); p.add_argument('--arch', default='small')
+    p.add_argument('--size', type=int, default=16); p.add_argument('--repeats', type=int, default=5)
     a = p.parse_args(); main(a.arch, a.size, a.repeats)

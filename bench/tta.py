@@ -19,16 +19,19 @@ p = argparse.ArgumentParser()
 p.add_argument('--epochs', type=int, default=4)
 p.add_argument('--reps', type=int, default=5)
 p.add_argument('--scale', type=float, default=8/7)
-p.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice); 1 on a machine shared with other jobs")
+p.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice); 1 on a "
+                                                         "machine shared with other jobs")
 args = p.parse_args()
 if args.threads: torch.set_num_threads(args.threads)
 
 seed_everything(0)
-dls = DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3), RandomResizedCrop(scale=(0.5, 1))])
+dls = DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0,
+                                       batch_tfms=[RandomPadCrop(3), RandomResizedCrop(scale=(0.5, 1))])
 learn = timm_learner(dls, 'resnet10t')
 t0 = time.perf_counter()
 with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(args.epochs, 3e-3)
-print(f"trained resnet10t on 28 px digits, {args.epochs} epochs, {time.perf_counter() - t0:.0f} s, {torch.get_num_threads()} threads")
+print(f"trained resnet10t on 28 px digits, {args.epochs} epochs, {time.perf_counter() - t0:.0f} s, "
+      f"{torch.get_num_threads()} threads")
 model, scale = learn.model.eval(), args.scale
 batches = [b[0] for b in dls.valid]
 
@@ -38,7 +41,8 @@ def floor():
         for v in crops: model(v)
 
 def ttach_pattern():
-    "ttach's loop: per batch, per transform (flip x five crops), augment the image, one forward, keep the output; merge at the end"
+    """ttach's loop: per batch, per transform (flip x five crops), augment the image, one forward, keep the output;
+    merge at the end"""
     res = []
     with torch.no_grad():
         for xb in batches:
@@ -71,15 +75,19 @@ for r in range(args.reps): # interleaved, so that a burst of load on the shared 
     for k, (f, _) in runs.items():
         t0 = time.perf_counter(); f(); times[k].append(time.perf_counter() - t0)
 best = {k: min(v) for k, v in times.items()}
-def ratio(k, to): return float(torch.tensor(times[k]).div(torch.tensor(times[to])).median()) # median of same-round ratios
+# median of same-round ratios
+def ratio(k, to): return float(torch.tensor(times[k]).div(torch.tensor(times[to])).median())
 
 fl, tt = 'floor: 10 bare forwards per batch', 'tta10 (1 view per pass, CPU default)'
-print(f"\n### Wall time, {len(dls.valid_ds)} validation images, batch size 64, {torch.get_num_threads()} threads, best of {args.reps}\n")
-print("Ratios are medians over the rounds of the ratio within a round; per view: fastai's `tta` makes 5 views (4 augmented passes + 1 plain).\n")
+print(f"\n### Wall time, {len(dls.valid_ds)} validation images, batch size 64, {torch.get_num_threads()} threads, best "
+      f"of {args.reps}\n")
+print("Ratios are medians over the rounds of the ratio within a round; per view: fastai's `tta` makes 5 views (4 "
+      "augmented passes + 1 plain).\n")
 print("| method | forward passes of 64 | wall (s) | ms per view | vs floor | per view vs tta10 |")
 print("|---|---|---|---|---|---|")
 for k, (f, n) in runs.items():
-    print(f"| {k} | {n} x {len(batches)} | {best[k]:.3f} | {1000 * best[k] / n:.1f} | {ratio(k, fl):.2f}x | {ratio(k, tt) * 10 / n:.2f}x |")
+    print(f"| {k} | {n} x {len(batches)} | {best[k]:.3f} | {1000 * best[k] / n:.1f} | {ratio(k, fl):.2f}x | "
+          f"{ratio(k, tt) * 10 / n:.2f}x |")
 
 def acc(p): return float((p.argmax(1) == targs).float().mean())
 with learn.no_bar():
@@ -87,13 +95,17 @@ with learn.no_bar():
     rows = [('1 crop (get_preds)', acc(preds)),
             (f'5 crops at scale {scale:.3f} (tta10 flip=None)', acc(learn.tta10(scale=scale, flip=None)[0])),
             (f'10 crops at scale {scale:.3f} (tta10, horizontal flips)', acc(learn.tta10(scale=scale)[0])),
-            ('5 crops of 26 px at scale 1 (tta10 size=26, flip=None)', acc(learn.tta10(size=26, scale=1, flip=None)[0])),
-            (f'5 crops at scale {scale:.3f}, geometric mean', acc(learn.tta10(scale=scale, flip=None, merge="gmean")[0])),
+            ('5 crops of 26 px at scale 1 (tta10 size=26, flip=None)',
+             acc(learn.tta10(size=26, scale=1, flip=None)[0])),
+            (f'5 crops at scale {scale:.3f}, geometric mean',
+             acc(learn.tta10(scale=scale, flip=None, merge="gmean")[0])),
             ('fastai Learner.tta (n=4, beta=0.25)', acc(learn.tta(n=4)[0]))]
 print(f"\n### Validation accuracy (digits, {len(targs)} images)\n")
 print("| prediction | accuracy | vs 1 crop |")
 print("|---|---|---|")
 for k, a in rows: print(f"| {k} | {a:.4f} | {a - rows[0][1]:+.4f} |")
-bar_chart('time_per_view', {'ms per view': {k: 1000 * best[k] / n for k, (f, n) in runs.items()}}, 'ms per view of the 360 images',
-          f'10-crop TTA, {torch.get_num_threads()} threads, best of {args.reps}', fmt='{:.1f}')
-bar_chart('accuracy', {'accuracy': dict(rows)}, 'validation accuracy', 'Accuracy on 360 digits by prediction method', fmt='{:.4f}')
+bar_chart('time_per_view', {'ms per view': {k: 1000 * best[k] / n for k, (f, n) in runs.items()}},
+          'ms per view of the 360 images', f'10-crop TTA, {torch.get_num_threads()} threads, best of {args.reps}',
+          fmt='{:.1f}')
+bar_chart('accuracy', {'accuracy': dict(rows)}, 'validation accuracy', 'Accuracy on 360 digits by prediction method',
+          fmt='{:.4f}')

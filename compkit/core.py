@@ -24,8 +24,10 @@ _seedings = 0 # how many times `seed_everything` has run
 def seed_everything(seed:int, # seeds python's `random`, numpy, torch and every cuda device
                     deterministic:bool=False, # also ask torch for deterministic kernels (slower)
                    ):
-    "Seed every random number generator a fastai training run touches with `seed`; `deterministic` forbids non-deterministic kernels"
-    global _seedings; _seedings += 1 # random state drawn ahead (augment's blocks) is dropped: the seed decides what follows
+    """Seed every random number generator a fastai training run touches with `seed`; `deterministic` forbids
+    non-deterministic kernels"""
+    # random state drawn ahead (augment's blocks) is dropped: the seed decides what follows
+    global _seedings; _seedings += 1
     set_seed(seed, reproducible=deterministic) # fastai's: random, numpy, torch, cuda and the cudnn flags
     # cuBLAS needs a fixed workspace to be deterministic (https://docs.nvidia.com/cuda/cublas/#results-reproducibility)
     if deterministic: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
@@ -39,16 +41,20 @@ def draw_seed() -> int:
 # %% ../nbs/00_core.ipynb #e061cfef
 def get_device(device:str|torch.device|None=None, # an explicit choice wins
               ) -> torch.device:
-    "The training device, cuda with its index: `device` if given, else `$COMPKIT_DEVICE`, else cuda when present (this process's GPU, `$LOCAL_RANK`, under torchrun), else cpu"
-    cuda = f"cuda:{os.environ['LOCAL_RANK']}" if 'LOCAL_RANK' in os.environ else 'cuda' # launchers give each process its GPU's index
+    """The training device, cuda with its index: `device` if given, else `$COMPKIT_DEVICE`, else cuda when present (this
+    process's GPU, `$LOCAL_RANK`, under torchrun), else cpu"""
+    # launchers give each process its GPU's index
+    cuda = f"cuda:{os.environ['LOCAL_RANK']}" if 'LOCAL_RANK' in os.environ else 'cuda'
     d = torch.device(device or os.environ.get('COMPKIT_DEVICE') or (cuda if torch.cuda.is_available() else 'cpu'))
-    return torch.device('cuda', torch.cuda.current_device()) if d.type == 'cuda' and d.index is None else d # with its index, as tensors moved there report it
+    # with its index, as tensors moved there report it
+    return torch.device('cuda', torch.cuda.current_device()) if d.type == 'cuda' and d.index is None else d
 
 # %% ../nbs/00_core.ipynb #37e8fbe6
 def device_generator(device:str|torch.device, # where the generator draws
                      seed:int|None=None, # None: draw the seed from torch's global generator
                     ) -> torch.Generator:
-    "A `torch.Generator` on `device` seeded with `seed`, or from torch's global generator so that `seed_everything` fixes it"
+    """A `torch.Generator` on `device` seeded with `seed`, or from torch's global generator so that `seed_everything`
+    fixes it"""
     if seed is None: seed = draw_seed()
     return torch.Generator(device=torch.device(device)).manual_seed(seed)
 
@@ -60,7 +66,8 @@ def atomic_write(path:str|Path, # the file to write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a process killed mid-write (SIGKILL, a lost node) leaves its temporary file: the next write of `path` removes it
-    for orphan in glob.glob(glob.escape(str(path.parent/f'.{path.name}.')) + '*.tmp'): Path(orphan).unlink(missing_ok=True)
+    for orphan in glob.glob(glob.escape(str(path.parent/f'.{path.name}.')) + '*.tmp'):
+        Path(orphan).unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
     try:
@@ -106,13 +113,15 @@ def lr_find_or_preds(learn, # a fastai `Learner`
 
 # %% ../nbs/00_core.ipynb #09730cad
 class _ExitGuard:
-    "A learner's `_with_events` while a fit runs: an exception fastai does not handle runs the restores registered with it"
+    """A learner's `_with_events` while a fit runs: an exception fastai does not handle runs the restores registered
+    with it"""
     def __init__(self, learn): self.learn, self.fns = learn, []
     def __call__(self, f, event_type, ex, final=noop):
         try: return type(self.learn)._with_events(self.learn, f, event_type, ex, final)
         except CancelFitException: raise # fastai's `fit` catches it and runs `after_cancel_fit` and `after_fit`
         except BaseException:
-            for cb in self.learn.cbs: cb.run = True # as `after_fit` would: a callback switched off for this fit is on again
+            # as `after_fit` would: a callback switched off for this fit is on again
+            for cb in self.learn.cbs: cb.run = True
             self.run()
             raise
     def run(self):
@@ -126,7 +135,8 @@ class _ExitGuard:
 def on_fit_exit(learn, # the learner whose fit is running: call from `before_fit`
                 restore, # puts back what the caller changes during the fit
                ):
-    "Run `restore` once when the fit now running on `learn` ends: call the result from `after_fit`; an exception fastai lets through (a KeyboardInterrupt, an error in any callback), which skips `after_fit`, runs it too"
+    """Run `restore` once when the fit now running on `learn` ends: call the result from `after_fit`; an exception
+    fastai lets through (a KeyboardInterrupt, an error in any callback), which skips `after_fit`, runs it too"""
     guard = learn.__dict__.get('_with_events')
     if not isinstance(guard, _ExitGuard): guard = learn._with_events = _ExitGuard(learn)
     def once():

@@ -28,11 +28,14 @@ __all__ = ['DeviceDataset', 'DeviceDL', 'UnwrapDeviceDL', 'image_stats', 'Weight
 
 # %% ../nbs/10_data.ipynb #c6acf3ff
 class DeviceDataset:
-    "One split of an image set as tensors: uint8 images `x` (N,C,H,W) and typed targets `ys`, gathered a batch at a time"
+    """One split of an image set as tensors: uint8 images `x` (N,C,H,W) and typed targets `ys`, gathered a batch at a
+    time"""
     n_inp = 1
     def __init__(self,
                  x:torch.Tensor, # uint8 images (N, C, H, W), on the training device or (when too big) on the host
-                 ys:tuple=(), # targets, one row per image, typed: `TensorCategory` (class index), `TensorMultiCategory` (multi-hot), `TensorBBox`, ...
+                 # targets, one row per image, typed: `TensorCategory` (class index), `TensorMultiCategory` (multi-hot),
+                 # `TensorBBox`, ...
+                 ys:tuple=(),
                  vocabs:tuple=(), # the class names of each categorical target (None for the others)
                  split_idx:int|None=None, # 0 train, 1 valid: fastai applies random transforms only where it is 0
                  method:str='letterbox', # how new images (`test_dl`, `predict`) are fitted to the training size
@@ -52,13 +55,15 @@ class DeviceDataset:
     def loss_func(self):
         "fastai's loss for the first target's kind: what `Learner` uses when given none"
         y = self.ys[0] if self.ys else None
-        return BCEWithLogitsLossFlat() if isinstance(y, TensorMultiCategory) else CrossEntropyLossFlat() if isinstance(y, TensorCategory) else None
+        return (BCEWithLogitsLossFlat() if isinstance(y, TensorMultiCategory)
+                else CrossEntropyLossFlat() if isinstance(y, TensorCategory) else None)
     def decode(self, o, full=True): return (o[0], *(_decode_target(t, v) for t, v in zip(o[1:], self.vocabs)))
     def new(self, x, ys=(), split_idx=None): return type(self)(x, ys, self.vocabs, split_idx, self.method)
     def new_empty(self): return self.new(self.x[:0], tuple(y[:0] for y in self.ys), self.split_idx)
     @contextmanager
     def set_split_idx(self, i:int):
-        "Temporarily give the dataset split `i` (0: the training transforms run), as fastai's `Datasets.set_split_idx` does"
+        """Temporarily give the dataset split `i` (0: the training transforms run), as fastai's `Datasets.set_split_idx`
+        does"""
         old, self.split_idx = self.split_idx, i
         try: yield self
         finally: self.split_idx = old
@@ -69,12 +74,14 @@ class DeviceDataset:
         return self
 
 def _rows(t, idx):
-    "`t[idx]`; for an index tensor, `index_select`, which copies whole rows (15x faster than advanced indexing on the CPU)"
+    """`t[idx]`; for an index tensor, `index_select`, which copies whole rows (15x faster than advanced indexing on the
+    CPU)"""
     # non_blocking: host indices of a set kept on the host gather its device-held targets without a wait
     return t.index_select(0, idx.to(t.device, non_blocking=True)) if torch.is_tensor(idx) else t[idx]
 
 def _gather(y, idx):
-    "`y[idx]` with `y`'s type and metadata, indexed as a plain tensor: fastai's per-op type dispatch costs more than the gather"
+    """`y[idx]` with `y`'s type and metadata, indexed as a plain tensor: fastai's per-op type dispatch costs more than
+    the gather"""
     res = _rows(y.as_subclass(torch.Tensor), idx).as_subclass(type(y))
     res.__dict__.update(y.__dict__)
     return res
@@ -82,19 +89,23 @@ def _gather(y, idx):
 def _decode_target(t, vocab):
     "A target as fastai shows it: a class name, the names of a multi-hot row's classes, or the tensor itself"
     if vocab is None: return t
-    if isinstance(t, TensorMultiCategory): return MultiCategory(vocab[i] for i in torch.nonzero(t > 0.5).flatten().tolist())
+    if isinstance(t, TensorMultiCategory):
+        return MultiCategory(vocab[i] for i in torch.nonzero(t > 0.5).flatten().tolist())
     return Category(vocab[int(t)])
 
 # %% ../nbs/10_data.ipynb #b86b917e
 class DeviceDL(TfmdDL):
-    "A fastai `TfmdDL` over a `DeviceDataset`: each batch is one gather on the data's device, then `after_batch` there; in a process group, this rank's part"
+    """A fastai `TfmdDL` over a `DeviceDataset`: each batch is one gather on the data's device, then `after_batch`
+    there; in a process group, this rank's part"""
     def __init__(self,
                  dataset:DeviceDataset, # the split to load
                  bs:int=64, # batch size
                  shuffle:bool=False, # a new seeded permutation each epoch
                  drop_last:bool=False, # drop the last incomplete batch
-                 sampler=None, # with `shuffle`: `sampler(n, generator)` draws each epoch's indices (e.g. `WeightedSampler`)
-                 seed:int|None=None, # seed of the shuffle/sampling generator; None draws it from torch's global generator
+                 # with `shuffle`: `sampler(n, generator)` draws each epoch's indices (e.g. `WeightedSampler`)
+                 sampler=None,
+                 # seed of the shuffle/sampling generator; None draws it from torch's global generator
+                 seed:int|None=None,
                  **kwargs): # passed to fastai's `TfmdDL`: `after_batch`, `device`, ...
         kwargs['num_workers'] = 0 # batches are gathered on the device: no worker processes
         super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, **kwargs)
@@ -119,7 +130,8 @@ class DeviceDL(TfmdDL):
         self.randomize(); self.before_iter()
         idxs = torch.as_tensor(self.get_idxs())
         self._n, (rank, world) = len(idxs), rank_world()
-        if world > 1 and not self.drop_last and len(idxs) % world: # pad with the first items so that every rank has as many
+        # pad with the first items so that every rank has as many
+        if world > 1 and not self.drop_last and len(idxs) % world:
             idxs = torch.cat([idxs, idxs[torch.arange(world - len(idxs) % world) % len(idxs)]])
         spans = _rank_spans(len(idxs), self.bs, self.drop_last, rank, world)
         idxs = idxs.to(self.dataset.x.device, non_blocking=True) # one copy an epoch: batches gather where the data is
@@ -133,7 +145,8 @@ class DeviceDL(TfmdDL):
         return self.n // (self.bs * world) if self.drop_last else math.ceil(math.ceil(self.n / world) / self.bs)
 
     def to_detach(self, b, cpu=True, gather=True):
-        "fastai's `to_detach`: across ranks the gathered parts of a batch are consecutive items, so only the padding at the end is cut"
+        """fastai's `to_detach`: across ranks the gathered parts of a batch are consecutive items, so only the padding
+        at the end is cut"""
         b = to_detach(b, cpu, gather)
         if not gather or rank_world()[1] == 1: return b
         keep = self._n - self._start # the items of the epoch's order left from this batch on; beyond them, padding
@@ -143,7 +156,8 @@ class DeviceDL(TfmdDL):
         return super().new(dataset, cls, **{'sampler': self.sampler, 'seed': self.seed, **kwargs})
 
     def to(self, device):
-        "Put the batches, the data (images stay on the host if they were kept there) and the transforms' tensors on `device`"
+        """Put the batches, the data (images stay on the host if they were kept there) and the transforms' tensors on
+        `device`"""
         self.device, self._gen = torch.device(device), None
         ds = self.dataset
         ds.to(device, keep_x_on_host=_kept_on_host(ds.x, self.device))
@@ -154,13 +168,15 @@ class DeviceDL(TfmdDL):
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_gen'} # generators don't pickle
 
 def _rank_spans(n, bs, drop_last, rank, world):
-    "(start, lo, hi) of each of `rank`'s batches: the `world` ranks take consecutive parts of each run of `bs*world` of the `n` items, from `start`"
+    """(start, lo, hi) of each of `rank`'s batches: the `world` ranks take consecutive parts of each run of `bs*world`
+    of the `n` items, from `start`"""
     step = bs * world
     starts = range(0, n - step + 1 if drop_last else n, step)
     return [(s, s + rank * k, s + (rank + 1) * k) for s in starts for k in [min(step, n - s) // world]]
 
 def _kept_on_host(x, device):
-    "Whether images `x` are held on the host for training on another `device` (a GPU), to be copied over a batch at a time"
+    """Whether images `x` are held on the host for training on another `device` (a GPU), to be copied over a batch at a
+    time"""
     return device is not None and x.device.type == 'cpu' and torch.device(device).type != 'cpu'
 
 def _pinned(t, device):
@@ -179,7 +195,8 @@ def _prefetch(batches, device):
 
 # %% ../nbs/10_data.ipynb #1f8230ef
 class UnwrapDeviceDL(Callback):
-    "Under fastai's `DistributedTrainer` (`learn.distrib_ctx()`), give `DeviceDL`s back unwrapped: they take their rank's part themselves"
+    """Under fastai's `DistributedTrainer` (`learn.distrib_ctx()`), give `DeviceDL`s back unwrapped: they take their
+    rank's part themselves"""
     order = DistributedTrainer.order + 1 # just after it wraps the loaders
     def before_fit(self): self.learn.dls.loaders = [_unwrapped(dl) for dl in self.dls.loaders]
     def before_train(self): self.learn.dl = _unwrapped(self.dl)
@@ -187,7 +204,8 @@ class UnwrapDeviceDL(Callback):
 
 def _unwrapped(dl): return dl.dl if isinstance(dl, DistributedDL) and isinstance(dl.dl, DeviceDL) else dl
 
-if UnwrapDeviceDL not in defaults.callbacks: defaults.callbacks.append(UnwrapDeviceDL) # in every Learner, as fastai adds its `ProgressCallback`
+# in every Learner, as fastai adds its `ProgressCallback`
+if UnwrapDeviceDL not in defaults.callbacks: defaults.callbacks.append(UnwrapDeviceDL)
 
 
 # %% ../nbs/10_data.ipynb #9baa328d
@@ -228,7 +246,9 @@ def split_idxs(n, valid_pct=0.2, seed=None, valid_idx=None):
     if valid_idx is None:
         valid_idx = torch.randperm(n, generator=torch.Generator().manual_seed(ifnone(seed, draw_seed())))[:round(n*valid_pct)]
     valid_idx = torch.as_tensor(np.asarray(valid_idx), dtype=torch.long).flatten()
-    if len(valid_idx) and (valid_idx.min() < 0 or valid_idx.max() >= n): raise ValueError(f"valid_idx must be in 0..{n-1}; it holds {int(valid_idx.max() if valid_idx.max() >= n else valid_idx.min())}")
+    if len(valid_idx) and (valid_idx.min() < 0 or valid_idx.max() >= n): raise ValueError(f"valid_idx must be in "
+                                                                                          f"0..{n-1}; it holds "
+                                                                                          f"{int(valid_idx.max() if valid_idx.max() >= n else valid_idx.min())}")
     is_valid = torch.zeros(n, dtype=torch.bool); is_valid[valid_idx] = True
     if is_valid.all(): raise ValueError("every item is in the validation set: nothing is left to train on")
     return (~is_valid).nonzero().flatten(), is_valid.nonzero().flatten()
@@ -239,25 +259,31 @@ class DeviceDataLoaders(DataLoaders):
     @classmethod
     def from_targets(cls,
                      x:torch.Tensor, # uint8 images (N, C, H, W)
-                     ys:tuple, # typed targets, one row per image: `TensorCategory`, `TensorMultiCategory`, `TensorBBox`, ...
+                     # typed targets, one row per image: `TensorCategory`, `TensorMultiCategory`, `TensorBBox`, ...
+                     ys:tuple,
                      vocabs:tuple=(), # the class names of each categorical target
                      valid_pct:float=0.2, # random validation fraction, when `valid_idx` is None
                      seed:int|None=None, # seeds the split and the shuffles
                      bs:int=64, # training batch size
                      valid_idx=None, # indices of the validation items (overrides `valid_pct`)
                      val_bs:int|None=None, # validation batch size (default `bs`)
-                     batch_tfms:list|None=None, # augmentations run on device on training batches (fastai's or compkit's)
+                     # augmentations run on device on training batches (fastai's or compkit's)
+                     batch_tfms:list|None=None,
                      normalize:bool=True, # normalize with the training set's per-channel mean and std
-                     oversample:bool|torch.Tensor=False, # True: draw the first target's classes equally often; or a weight per training item
+                     # True: draw the first target's classes equally often; or a weight per training item
+                     oversample:bool|torch.Tensor=False,
                      method:str='letterbox', # how `test_dl` fits new images to the training size
                      device=None, # default: `get_device()`
-                     max_device_bytes:int|None=None, # above this the images stay in host memory (default: half the GPU's free memory)
+                     # above this the images stay in host memory (default: half the GPU's free memory)
+                     max_device_bytes:int|None=None,
                      path='.'):
-        "Loaders from uint8 images `x` (N,C,H,W) and typed targets `ys`: the set moves to `device` once, batches are gathered there"
+        """Loaders from uint8 images `x` (N,C,H,W) and typed targets `ys`: the set moves to `device` once, batches are
+        gathered there"""
         x = check_image(torch.as_tensor(x))
         if x.ndim != 4: raise ValueError(f"x must be a batch of images (N, C, H, W), not shape {tuple(x.shape)}")
         for y in ys:
-            if len(y) != len(x): raise ValueError(f"x has {len(x)} images but y has {len(y)} labels: give exactly one label per image")
+            if len(y) != len(x): raise ValueError(f"x has {len(x)} images but y has {len(y)} labels: give exactly one "
+                                                  f"label per image")
         train_idx, valid_idx = split_idxs(len(x), valid_pct, seed, valid_idx)
         # the sampler draws on the host, with the loader's generator: its weights come from the labels there
         sampler = (None if oversample is False else WeightedSampler(oversample) if oversample is not True
@@ -269,15 +295,19 @@ class DeviceDataLoaders(DataLoaders):
             ds = DeviceDataset(mapped_rows(x, i) if on_host else x[i], tuple(y[i] for y in ys), vocabs, k, method)
             return ds.to(device, keep_x_on_host=on_host)
         train_ds, valid_ds = split(0, train_idx), split(1, valid_idx)
-        tfms = [IntToFloatTensor()] + ([Normalize(*(t.view(1, -1, 1, 1).to(device) for t in image_stats(train_ds.x)))] if normalize else [])
+        tfms = [IntToFloatTensor()] + ([Normalize(*(t.view(1, -1,
+                                                           1, 1).to(device) for t in image_stats(train_ds.x)))]
+                                                           if normalize else [])
         train = DeviceDL(train_ds, bs=bs, shuffle=True, drop_last=len(train_ds) > bs, sampler=sampler, device=device,
                          seed=ifnone(seed, draw_seed()), after_batch=tfms + L(batch_tfms))
-        res = cls(train, train.new(valid_ds, bs=ifnone(val_bs, bs), shuffle=False, drop_last=False, sampler=None), path=path, device=device)
+        res = cls(train, train.new(valid_ds, bs=ifnone(val_bs, bs), shuffle=False, drop_last=False, sampler=None),
+                  path=path, device=device)
         res.storage = 'host' if on_host else 'device'
         return res
 
 def _device_budget(device:torch.device) -> float:
-    "Bytes of images to hold on `device`: half the free memory of a GPU, unlimited on the CPU (the set is in RAM anyway)"
+    """Bytes of images to hold on `device`: half the free memory of a GPU, unlimited on the CPU (the set is in RAM
+    anyway)"""
     return torch.cuda.mem_get_info(device)[0] / 2 if device.type == 'cuda' else math.inf
 
 # %% ../nbs/10_data.ipynb #49f2c72a
@@ -314,8 +344,10 @@ def test_dl(self:DeviceDataLoaders,
     channels = ds.x.shape[1]
     items = items if isinstance(items, (np.ndarray, torch.Tensor)) else list(items)
     is_file = lambda o: isinstance(o, (str, Path))
-    x = load_images(items, size, ds.method, channels) if len(items) and all(map(is_file, items)) else images_from_arrays(items, size, ds.method)
-    if x.shape[1] != channels: raise ValueError(f"the new images have {x.shape[1]} channel(s) but the model was trained on {channels}")
+    x = load_images(items, size, ds.method,
+                    channels) if len(items) and all(map(is_file, items)) else images_from_arrays(items, size, ds.method)
+    if x.shape[1] != channels:
+        raise ValueError(f"the new images have {x.shape[1]} channel(s) but the model was trained on {channels}")
     ys = () if labels is None else (TensorCategory(class_labels(labels, ds.vocab)[0]),)
     new_ds = ds.new(x, ys, split_idx=1).to(self.device, keep_x_on_host=_kept_on_host(ds.x, self.device))
     return self.valid.new(new_ds, **{'shuffle': False, 'drop_last': False, **kwargs})
@@ -333,8 +365,8 @@ def from_arrays(cls:DeviceDataLoaders, x, y, size=None, method='letterbox', **kw
     return cls.from_tensors(images_from_arrays(x, size, method), y, method=method, **kwargs)
 
 @patch(cls_method=True)
-def from_df(cls:DeviceDataLoaders, df, path='.', fn_col=0, label_col=1, valid_col=None, size=224, method='letterbox', channels=None, vocab=None,
-            cache=True, cache_dir=None, **kwargs):
+def from_df(cls:DeviceDataLoaders, df, path='.', fn_col=0, label_col=1, valid_col=None, size=224, method='letterbox',
+            channels=None, vocab=None, cache=True, cache_dir=None, **kwargs):
     "Loaders from a DataFrame of image files (`fn_col`, relative to `path`) and labels, read and fitted to `size` once"
     # the fitted set is cached on disk for the next run (`load_images`'s `cache`, `cache_dir`)
     col = lambda c: df.iloc[:, c] if isinstance(c, int) else df[c]

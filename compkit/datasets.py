@@ -25,11 +25,13 @@ class TensorSet(NamedTuple):
 # %% ../nbs/06_datasets.ipynb #7c505cb6
 def digits(size:int=32, # side of the square images
           ) -> TensorSet:
-    "scikit-learn's 1,797 handwritten digits (real 8x8 scans, 0-16), as uint8 images of `size` px with a fixed stratified 80/20 split"
+    """scikit-learn's 1,797 handwritten digits (real 8x8 scans, 0-16), as uint8 images of `size` px with a fixed
+    stratified 80/20 split"""
     d = load_digits()
     x = torch.from_numpy(d.images).mul(255/16).round().to(torch.uint8)[:, None]
     _, valid = train_test_split(np.arange(len(d.target)), test_size=0.2, stratify=d.target, random_state=0)
-    return TensorSet(fit_image(x, size, 'squash'), torch.from_numpy(d.target).long(), torch.from_numpy(np.sort(valid)), list(range(10)))
+    return TensorSet(fit_image(x, size, 'squash'), torch.from_numpy(d.target).long(), torch.from_numpy(np.sort(valid)),
+                     list(range(10)))
 
 # %% ../nbs/06_datasets.ipynb #8830f913
 def digit_boxes(size:int=64, # side of the square canvases
@@ -38,11 +40,13 @@ def digit_boxes(size:int=64, # side of the square canvases
                 scale:tuple=(0.25, 0.75), # range of the digit's longer side, as a fraction of `size`
                 noise:int=64, # background pixels are uniform in [0, noise)
                ) -> TensorSet:
-    "Real digits pasted at a random scale and position on noisy `size` px canvases; `y` is each digit's tight box, float (N,4) xyxy pixels"
+    """Real digits pasted at a random scale and position on noisy `size` px canvases; `y` is each digit's tight box,
+    float (N,4) xyxy pixels"""
     d, split = load_digits(), digits(8).valid_idx.numpy()
     rng = np.random.default_rng(seed)
     is_valid = np.zeros(len(d.images), bool); is_valid[split] = True
-    valid = np.arange(n) >= n - n // 5 # the last fifth: drawn from the scans `digits` holds out, so no scan is in both splits
+    # the last fifth: drawn from the scans `digits` holds out, so no scan is in both splits
+    valid = np.arange(n) >= n - n // 5
     src = np.where(valid, rng.choice(np.flatnonzero(is_valid), n), rng.choice(np.flatnonzero(~is_valid), n))
     x = torch.from_numpy(rng.integers(0, max(noise, 1), (n, 1, size, size), dtype=np.uint8))
     boxes = torch.empty(n, 4)

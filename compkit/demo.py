@@ -28,8 +28,11 @@ def demo(out:str='demo_out', # folder for the saved learner and the plots
          lr:float=3e-3, # peak learning rate
          seed:int=42, # seeds everything
         ) -> float:
-    "Train `arch` on digits from scratch, print its valid accuracy, save the learner, a loss plot and a confusion matrix in `out`"
-    if not plt.get_fignums() and matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline'): plt.switch_backend('agg')
+    """Train `arch` on digits from scratch, print its valid accuracy, save the learner, a loss plot and a confusion
+    matrix in `out`"""
+    if not plt.get_fignums() and matplotlib.get_backend().lower() not in ('agg',
+                                                                          'module://matplotlib_inline.backend_inline'):
+        plt.switch_backend('agg')
     seed_everything(seed)
     dls = DeviceDataLoaders.from_tensorset(digits(size), bs=bs, seed=seed, batch_tfms=[RandomPadCrop(size // 16)])
     learn = timm_learner(dls, arch)
@@ -38,6 +41,7 @@ def demo(out:str='demo_out', # folder for the saved learner and the plots
     out = Path(out)
     with atomic_write(out/'digits.pkl') as tmp: learn.export(tmp)
     learn.recorder.plot_loss(); plt.savefig(out/'loss.png', dpi=80); plt.close()
-    ClassificationInterpretation.from_learner(learn).plot_confusion_matrix(figsize=(5, 5)); plt.savefig(out/'confusion_matrix.png', dpi=80); plt.close()
+    ClassificationInterpretation.from_learner(learn).plot_confusion_matrix(figsize=(5, 5))
+    plt.savefig(out/'confusion_matrix.png', dpi=80); plt.close()
     print(f"valid accuracy: {acc:.4f} ({arch}, {epochs} epochs, {size} px); learner and plots in {out}/")
     return acc

@@ -14,7 +14,8 @@ from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy
 from fastai.data.transforms import Normalize
 from fastai.vision.learner import vision_learner
-import fastai.callback.schedule, fastai.callback.progress # `fine_tune`, `fit_one_cycle`, `lr_find` and progress bars on `Learner`
+# `fine_tune`, `fit_one_cycle`, `lr_find` and progress bars on `Learner`
+import fastai.callback.schedule, fastai.callback.progress
 
 # %% auto #0
 __all__ = ['head_splitter', 'TorchOptimizer', 'TorchAdamW', 'timm_learner']
@@ -32,7 +33,8 @@ def _halves(ps) -> list:
     return [{'params': [p for p in ps if (p.ndim <= 1) == one_d]} for one_d in (False, True)]
 
 class TorchOptimizer(OptimWrapper):
-    "fastai's `OptimWrapper` over torch's `opt`: fastai's groups and hypers; 1-D parameters undecayed unless `wd_bn_bias`"
+    """fastai's `OptimWrapper` over torch's `opt`: fastai's groups and hypers; 1-D parameters undecayed unless
+    `wd_bn_bias`"""
     def __init__(self,
                  params, # the splitter's parameter groups (a list of lists), or one list of parameters
                  opt, # a torch optimizer class (`torch.optim.AdamW`, ...), called with torch param groups and `kwargs`
@@ -88,14 +90,16 @@ def timm_learner(dls, # `DataLoaders` (compkit's `DeviceDataLoaders` or fastai's
                  n_out:int|None=None, # outputs of the head (default: `dls.c`)
                  pretrained:bool=False, # load timm's pretrained weights (from the hub: not offline; see `weights`)
                  weights:str|Path|None=None, # a local file of pretrained weights for `arch` (a timm state dict)
-                 stats:tuple|None=None, # (mean, std) per channel on a 0-1 scale that the weights were trained with; default timm's config's
+                 # (mean, std) per channel on a 0-1 scale that the weights were trained with; default timm's config's
+                 stats:tuple|None=None,
                  n_in:int|None=None, # input channels (default: the data's); a pretrained stem is adapted to it
                  metrics=accuracy, # fastai metrics
                  splitter=None, # default: fastai's body/head split for timm names, `head_splitter` for modules
                  opt_func=None, # fastai's `opt_func`; default `TorchAdamW` (fastai's `Adam` by torch's fused AdamW)
                  **kwargs, # passed to fastai's `vision_learner` (head and `Learner` options) or `Learner`
                 ) -> Learner:
-    "A fastai `Learner` on `dls` for a timm model name (timm body + fastai head) or an `nn.Module`, weights from a local file"
+    """A fastai `Learner` on `dls` for a timm model name (timm body + fastai head) or an `nn.Module`, weights from a
+    local file"""
     if n_in is None: n_in = dls.one_batch()[0].shape[1]
     kwargs['opt_func'] = ifnone(opt_func, TorchAdamW)
     if not isinstance(arch, str):
@@ -103,7 +107,8 @@ def timm_learner(dls, # `DataLoaders` (compkit's `DeviceDataLoaders` or fastai's
     if weights is not None:
         if not Path(weights).is_file(): raise ValueError(f"weights file {weights} does not exist")
         pretrained, kwargs['pretrained_cfg_overlay'] = True, dict(file=str(weights))
-    learn = vision_learner(dls, arch, n_out=n_out, pretrained=pretrained, n_in=n_in, metrics=metrics, **({'splitter': splitter} if splitter else {}), **kwargs)
+    learn = vision_learner(dls, arch, n_out=n_out, pretrained=pretrained, n_in=n_in, metrics=metrics,
+                           **({'splitter': splitter} if splitter else {}), **kwargs)
     if pretrained: _use_stats(dls, stats or [learn.model[0].model.pretrained_cfg[k] for k in ('mean', 'std')], n_in)
     return _on_dls_device(learn)
 
@@ -113,7 +118,8 @@ def _on_dls_device(learn):
     return learn
 
 def _use_stats(dls, stats, n_in):
-    "Normalize `dls` with the (mean, std) the pretrained weights were trained with (averaged over channels for other `n_in`)"
+    """Normalize `dls` with the (mean, std) the pretrained weights were trained with (averaged over channels for other
+    `n_in`)"""
     mean, std = (torch.as_tensor(v, dtype=torch.float).flatten() for v in stats)
     if len(mean) != n_in: mean, std = mean.mean().repeat(n_in), std.mean().repeat(n_in)
     for dl in dls.loaders:

@@ -16,14 +16,18 @@ __all__ = ['DeviceMixedPrecision']
 
 # %% ../nbs/17_precision.ipynb #c91db699
 class DeviceMixedPrecision(MixedPrecision):
-    "fastai's `MixedPrecision` (`amp_mode` 'bf16' or 'fp16') autocasting on the model's device, CPU included: fastai's autocasts CUDA only"
+    """fastai's `MixedPrecision` (`amp_mode` 'bf16' or 'fp16') autocasting on the model's device, CPU included: fastai's
+    autocasts CUDA only"""
     @property
     def name(self): return 'mixed_precision' # the name fastai's callbacks (`to_channelslast`, ...) look for
     def before_fit(self):
-        device, dtype = next(self.model.parameters()).device.type, {AMPMode.BF16: torch.bfloat16, AMPMode.FP16: torch.float16}[self.amp_mode]
-        if device == 'cuda' and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(): raise ValueError("this GPU has no bfloat16: use amp_mode='fp16'")
+        device, dtype = next(self.model.parameters()).device.type, {AMPMode.BF16: torch.bfloat16,
+                                                                    AMPMode.FP16: torch.float16}[self.amp_mode]
+        if device == 'cuda' and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise ValueError("this GPU has no bfloat16: use amp_mode='fp16'")
         self.kwargs['enabled'] = dtype == torch.float16 # bfloat16 has float32's range: no loss scaling
-        self.autocast, self.learn.scaler, self.scales = autocast(device, dtype=dtype), GradScaler(device, **self.kwargs), L()
+        self.autocast, self.learn.scaler, self.scales = autocast(device,
+                                                                 dtype=dtype), GradScaler(device, **self.kwargs), L()
 
 @patch
 def to_device_amp(self:Learner,

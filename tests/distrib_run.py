@@ -12,19 +12,21 @@ from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
 from compkit.classify.mixup import MixUp
 from compkit.retrieval.sampling import pk_dataloaders
-import compkit.schedule.snapshot, compkit.schedule.lr_find, compkit.predict.tta # Learner.fit_sgdr_snapshots, lr_find_bounds, tta10
+# Learner.fit_sgdr_snapshots, lr_find_bounds, tta10
+import compkit.schedule.snapshot, compkit.schedule.lr_find, compkit.predict.tta
 
 N_TRAIN, N_VALID, BS = 256, 61, 16 # 61 valid items: two ranks need one item of padding
 
 def loaders(bs=BS):
     "The same split and training order in every process (the loaders' seed)"
     d = digits(16)
-    return DeviceDataLoaders.from_tensors(d.x[:N_TRAIN + N_VALID], d.y[:N_TRAIN + N_VALID], vocab=d.vocab, bs=bs, seed=0,
-                                          valid_idx=range(N_TRAIN, N_TRAIN + N_VALID), device='cpu')
+    return DeviceDataLoaders.from_tensors(d.x[:N_TRAIN + N_VALID], d.y[:N_TRAIN + N_VALID], vocab=d.vocab, bs=bs,
+                                          seed=0, valid_idx=range(N_TRAIN, N_TRAIN + N_VALID), device='cpu')
 
 def model(bn=True):
     seed_everything(1)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), *([nn.BatchNorm2d(8)] if bn else []), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+    return nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), *([nn.BatchNorm2d(8)] if bn else []), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
 
 def plain_fit(dls):
     "One epoch without BatchNorm or mixing: in two processes of `BS`, the same steps as one process of `2*BS`"
@@ -60,7 +62,8 @@ if __name__ == '__main__':
         bounds = learn.lr_find_bounds(num_it=20, show_plot=False)
         seen.clear() # the range test's batches are not training
         learn.fit_sgdr_snapshots(2, 1, lr_max=bounds.lr_max, cbs=MixUp(), to_disk=True)
-    res = {'seen': torch.cat(seen), 'bounds': tuple(bounds), 'snapshots': [str(s) for s in learn.snapshots], 'world': world}
+    res = {'seen': torch.cat(seen), 'bounds': tuple(bounds), 'snapshots': [str(s) for s in learn.snapshots],
+           'world': world}
     res['pk'] = pk_batches()
     res['preds'], res['targs'] = learn.get_preds()
     res['snapshot_preds'], _ = learn.snapshot_preds()

@@ -1,4 +1,5 @@
-"tools/bench_report.py (`make bench`): each bench/*.py runs once, its tables and plots land in the report under a machine header, a failure is reported and fails the run."
+"""tools/bench_report.py (`make bench`): each bench/*.py runs once, its tables and plots land in the report under a
+machine header, a failure is reported and fails the run."""
 import os, subprocess, sys
 from pathlib import Path
 import torch
@@ -15,7 +16,8 @@ plt.figure(figsize=(2, 2)); plt.plot([1, 2]); plt.savefig(Path(os.environ['BENCH
 
 def report(tmp_path, *args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
-    return subprocess.run([sys.executable, str(ROOT/'tools'/'bench_report.py'), '--bench', str(tmp_path/'bench'), '--out', str(tmp_path/'B.md'), *args],
+    return subprocess.run([sys.executable, str(ROOT/'tools'/'bench_report.py'), '--bench', str(tmp_path/'bench'),
+                           '--out', str(tmp_path/'B.md'), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 def test_report_sections_plots_and_failures(tmp_path):
@@ -31,15 +33,18 @@ def test_report_sections_plots_and_failures(tmp_path):
     assert f'| {os.cpu_count()} | cpu |' in head and f'| {torch.__version__} |' in head       # machine, device, torch
     fast = md[md.index('## fast'):]
     assert fast.startswith('## fast\n\nSpeed of a thing against its peer.\n\n`python ')
-    assert "### Thing speed" in fast and "| ours | 2.0x |" in fast and "['--sizes', '32']" in fast   # demoted heading, table, args passed
+    # demoted heading, table, args passed
+    assert "### Thing speed" in fast and "| ours | 2.0x |" in fast and "['--sizes', '32']" in fast
     assert '![curve](bench/plots/fast/curve.png)' in fast and (b/'plots'/'fast'/'curve.png').read_bytes()[:4] == b'\x89PNG'
     assert 'stale' not in md and not (b/'plots'/'fast'/'stale.png').exists()
     assert 'Failed (1)' in md and 'the peer is not installed' in md
     assert md.index('## broken') < md.index('## fast')                                           # file-name order
-    assert 'helper' not in md                                                                     # bench/_*.py are not benchmarks
+    # bench/_*.py are not benchmarks
+    assert 'helper' not in md
 
 def test_named_benchmarks_only(tmp_path):
-    (tmp_path/'bench').mkdir(); (tmp_path/'bench'/'fast.py').write_text(FAST); (tmp_path/'bench'/'broken.py').write_text('raise SystemExit(1)')
+    (tmp_path/'bench').mkdir(); (tmp_path/'bench'/'fast.py').write_text(FAST)
+    (tmp_path/'bench'/'broken.py').write_text('raise SystemExit(1)')
     r = report(tmp_path, 'fast')
     assert r.returncode == 0, r.stderr
     assert '## fast' in (tmp_path/'B.md').read_text() and '## broken' not in (tmp_path/'B.md').read_text()
@@ -49,7 +54,8 @@ def test_named_benchmarks_only(tmp_path):
 def test_fit_bench_smoke():
     "bench/fit.py runs end to end on the CPU (a small model, two batches): its table has the floor and the four fits"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
-    r = subprocess.run([sys.executable, 'bench/fit.py', '--configs', 'resnet10t:16', '--max-batches', '2', '--reps', '1'],
+    r = subprocess.run([sys.executable, 'bench/fit.py', '--configs', 'resnet10t:16', '--max-batches', '2', '--reps',
+                        '1'],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [l for l in r.stdout.splitlines() if l.startswith('| resnet10t, 16 | 2 + 1 |')]

@@ -1,4 +1,5 @@
-"Box localization: a real fastai fit on digit_boxes, the loss switch with fastai's callbacks, export, bad labels, boxes moving with augmented images."
+"""Box localization: a real fastai fit on digit_boxes, the loss switch with fastai's callbacks, export, bad labels,
+boxes moving with augmented images."""
 import numpy as np, pytest, torch
 import torchvision.ops as tvo
 from torch import nn
@@ -22,7 +23,8 @@ from compkit.box.losses import scaled_iou_loss, scaled_center_loss, CompositeBox
 D = digit_boxes(32, n=400, seed=0)
 
 def dls_(**kw): return DeviceDataLoaders.from_boxes(D.x, D.y, **{'valid_idx': D.valid_idx, 'bs': 64, 'seed': 0, **kw})
-def small_body(): return nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2))
+def small_body():
+    return nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2))
 
 def test_timm_learner_trains_one_epoch_and_metrics_match_torchvision():
     learn = box_learner(dls_(batch_tfms=[RandomPadCrop(2, 'zeros')]), 'resnet10t')
@@ -35,7 +37,8 @@ def test_timm_learner_trains_one_epoch_and_metrics_match_torchvision():
     assert torch.equal(targs, D.y[D.valid_idx])                     # pixels of the 32 px images, in order
     iou = tvo.box_iou(preds, targs).diagonal()
     assert miou == pytest.approx(iou.mean().item(), abs=1e-5)
-    assert acc50 == pytest.approx((iou >= 0.5).float().mean().item(), abs=1e-6) and acc75 == pytest.approx((iou >= 0.75).float().mean().item(), abs=1e-6)
+    assert acc50 == pytest.approx((iou >= 0.5).float().mean().item(),
+                                  abs=1e-6) and acc75 == pytest.approx((iou >= 0.75).float().mean().item(), abs=1e-6)
 
 class LossLog(Callback):
     "Record the loss function each training phase runs with"
@@ -47,7 +50,8 @@ def test_switch_trains_with_the_composite_and_composes_with_fastai_callbacks(tmp
     learn = box_learner(dls_(), small_body(), path=tmp_path)
     l1, log = learn.loss_func, LossLog()
     sw = BoxLossSwitch(thresh=None, at_epoch=1)
-    cbs = [sw, log, SaveModelCallback(monitor='mean_iou', every_epoch=True), EarlyStoppingCallback(monitor='mean_iou', patience=5), CSVLogger()]
+    cbs = [sw, log, SaveModelCallback(monitor='mean_iou', every_epoch=True),
+           EarlyStoppingCallback(monitor='mean_iou', patience=5), CSVLogger()]
     with learn.no_bar(), learn.no_logging(): learn.fit(3, 3e-3, cbs=cbs)
     assert log.used == ['BaseLoss', 'CompositeBoxLoss', 'CompositeBoxLoss'] and sw.switch_epoch == 1
     assert learn.loss_func is l1                                  # restored
@@ -69,7 +73,8 @@ def test_switch_by_threshold_and_not_in_lr_find():
     assert sw0.switch_epoch is None and set(log.used) == {'BaseLoss'}
     kept = BoxLossSwitch(thresh=None, at_epoch=1)
     with learn.no_bar(), learn.no_logging(): learn.fit(2, 3e-3, cbs=kept)
-    learn.add_cb(kept)                   # attached for good: validate and get_preds run the fit events but train nothing
+    # attached for good: validate and get_preds run the fit events but train nothing
+    learn.add_cb(kept)
     with learn.no_bar(): learn.validate(); learn.get_preds()
     assert kept.switch_epoch == 1 and type(learn.loss_func).__name__ == 'BaseLoss'
     learn.remove_cb(kept); learn.metrics = []
@@ -77,7 +82,8 @@ def test_switch_by_threshold_and_not_in_lr_find():
         with learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=BoxLossSwitch())
 
 class Scripted(Metric):
-    "A metric named `name` whose value in the `e`-th validation is `values[e]`: the switch's threshold, tested away from 0"
+    """A metric named `name` whose value in the `e`-th validation is `values[e]`: the switch's threshold, tested away
+    from 0"""
     def __init__(self, name, values): self._name, self.values, self.e = name, values, -1
     def reset(self): self.e += 1
     def accumulate(self, learn): pass
@@ -86,8 +92,8 @@ class Scripted(Metric):
     @property
     def name(self): return self._name
 
-@pytest.mark.parametrize('thresh, used', [(0.7, ['BaseLoss'] * 3 + ['CompositeBoxLoss']), (0.74, ['BaseLoss'] * 3 + ['CompositeBoxLoss']),
-                                          (0.76, ['BaseLoss'] * 4)])
+@pytest.mark.parametrize('thresh, used', [(0.7, ['BaseLoss'] * 3 + ['CompositeBoxLoss']),
+                                          (0.74, ['BaseLoss'] * 3 + ['CompositeBoxLoss']), (0.76, ['BaseLoss'] * 4)])
 def test_switch_the_epoch_after_the_metric_reaches_thresh(thresh, used):
     learn = box_learner(dls_(), small_body(), metrics=Scripted('mean_iou', [0.3, 0.6, 0.75, 0.8]))
     log = LossLog()
@@ -104,7 +110,8 @@ def test_an_interrupted_fit_puts_the_loss_back():
     with learn.no_bar(), learn.no_logging(), pytest.raises(KeyboardInterrupt): learn.fit(3, 3e-3, cbs=[BoxLossSwitch(thresh=None, at_epoch=1), Stop()])
     assert learn.loss_func is l1
 
-@pytest.mark.parametrize('make, msg', [(lambda: BoxLossSwitch(thresh=90), 'thresh'), (lambda: BoxLossSwitch(thresh=None, at_epoch=-1), 'at_epoch'),
+@pytest.mark.parametrize('make, msg', [(lambda: BoxLossSwitch(thresh=90), 'thresh'),
+                                       (lambda: BoxLossSwitch(thresh=None, at_epoch=-1), 'at_epoch'),
                                        (lambda: AccIoU(1.5), 'thresh')])
 def test_thresholds_outside_0_1_are_refused(make, msg):
     with pytest.raises(ValueError, match=msg): make()
@@ -124,7 +131,8 @@ def test_export_and_predict_on_a_new_size(tmp_path):
 
 @pytest.mark.parametrize('bad,msg', [
     ((5, [0, 2], 'swap'), 'box 5 '), ((7, [1, 3], 'swap'), 'box 7 '),
-    ((3, [2], 'copy0'), 'box 3 '), ((9, [1], 'nan'), 'box 9 '), ((2, [3], 'inf'), 'box 2 '), ((11, [2], 'out'), 'box 11 ')])
+    ((3, [2], 'copy0'), 'box 3 '), ((9, [1], 'nan'), 'box 9 '), ((2, [3], 'inf'), 'box 2 '),
+    ((11, [2], 'out'), 'box 11 ')])
 def test_every_bad_label_is_refused_naming_its_row(bad, msg):
     i, cols, kind = bad
     y = D.y[:16].clone()
@@ -145,15 +153,18 @@ def extents(masks, thresh):
     "The box around each mask's pixels above `thresh`, in continuous pixel coordinates (torchvision's is inclusive)"
     return tvo.masks_to_boxes(masks[:, 0].as_subclass(torch.Tensor) > thresh) + torch.tensor([0., 0., 1., 1.], device=masks.device)
 
-@pytest.mark.parametrize('tfms,tol', [([RandomFlip(p=0.5)], 0), ([RandomFlip(p=0.5, dim=-2)], 0), ([RandomPadCrop(4, 'zeros')], 0),
-                                      ([RandomResizedCrop((0.4, 1.))], 1.01), ([RandomAffine(max_rotate=0., max_zoom=1.3)], 1.01),
-                                      ([RandomPadCrop(3, 'zeros'), RandomFlip(), RandomResizedCrop((0.5, 1.)), RandomLighting()], 1.01)])
+@pytest.mark.parametrize('tfms,tol',
+                         [([RandomFlip(p=0.5)], 0), ([RandomFlip(p=0.5, dim=-2)], 0), ([RandomPadCrop(4, 'zeros')], 0),
+                                      ([RandomResizedCrop((0.4, 1.))], 1.01),
+                                      ([RandomAffine(max_rotate=0., max_zoom=1.3)], 1.01), ([RandomPadCrop(3, 'zeros'), RandomFlip(), RandomResizedCrop((0.5, 1.)), RandomLighting()], 1.01)])
 def test_boxes_move_with_their_images_through_the_loader(tfms, tol):
     "Images that are their own box's mask: after augmentation on the device, every box is still its mask's extent"
     b = D.y.round()
-    dls = DeviceDataLoaders.from_boxes(box_masks(b, 32, 32), b, valid_idx=D.valid_idx, bs=64, seed=1, normalize=False, batch_tfms=tfms)
+    dls = DeviceDataLoaders.from_boxes(box_masks(b, 32, 32), b, valid_idx=D.valid_idx, bs=64, seed=1, normalize=False,
+                                       batch_tfms=tfms)
     orig, moved = dls.train_ds.ys[0], 0
-    for i, (xb, yb) in enumerate(dls.train.new(shuffle=False, drop_last=False)): # in order, to compare with the unaugmented boxes
+    # in order, to compare with the unaugmented boxes
+    for i, (xb, yb) in enumerate(dls.train.new(shuffle=False, drop_last=False)):
         assert type(yb) is TensorBBox and ((yb >= 0) & (yb <= 32)).all()
         assert (yb[:, 2] - yb[:, 0] > 0).all() and (yb[:, 3] - yb[:, 1] > 0).all()
         assert torch.allclose(extents(xb, 0.5 if xb.is_floating_point() else 127), yb, atol=tol)
@@ -192,12 +203,14 @@ def test_flip_twice_is_identity_and_pad_crop_moves_by_the_shift():
     dy, dx = t.shift.T.float()
     assert torch.equal(b3, (b - torch.stack([dx, dy, dx, dy], 1)).clamp(0, 32))
 
-@pytest.mark.parametrize('pred', [[5., 5., 5., 20.], [20., 5., 4., 20.], [60., 60., 70., 70.], [20., 30., 4., 2.], [6e4, -6e4, -6e4, 6e4]])
+@pytest.mark.parametrize('pred', [[5., 5., 5., 20.], [20., 5., 4., 20.], [60., 60., 70., 70.], [20., 30., 4., 2.],
+                                  [6e4, -6e4, -6e4, 6e4]])
 def test_degenerate_predictions_give_finite_losses_and_gradients(pred):
     t = torch.tensor([[4., 4., 20., 20.]])
     for dtype in (torch.float32, torch.float16):
         p = torch.tensor([pred], dtype=dtype, requires_grad=True)
-        loss = scaled_iou_loss(p, t, 'mean') + scaled_center_loss(p, t, 'mean') + CompositeBoxLoss(center_weight=1.)(p, t)
+        loss = scaled_iou_loss(p, t, 'mean') + scaled_center_loss(p, t,
+                                                                  'mean') + CompositeBoxLoss(center_weight=1.)(p, t)
         loss.backward()
         assert loss.isfinite() and p.grad.isfinite().all()
         assert 0 <= paired_box_iou(p.detach(), t).item() <= 1

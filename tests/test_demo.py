@@ -4,7 +4,8 @@ from fastai.learner import load_learner
 from compkit.datasets import digits
 
 def test_demo_reaches_97_percent_and_writes_its_outputs(tmp_path):
-    res = subprocess.run([sys.executable, '-m', 'compkit.demo', '--out', str(tmp_path)], capture_output=True, text=True, timeout=1200) # ~70 s on 2 idle cores
+    res = subprocess.run([sys.executable, '-m', 'compkit.demo', '--out', str(tmp_path)], capture_output=True, text=True,
+                         timeout=1200) # ~70 s on 2 idle cores
     assert res.returncode == 0, res.stderr[-3000:]
     acc = float(re.search(r'valid accuracy: ([0-9.]+)', res.stdout).group(1))
     assert acc >= 0.97

@@ -13,7 +13,8 @@ def run(tmp_path_factory):
     "The 2-rank run's outputs: each rank's record, rank 0's weights and snapshot files"
     out = tmp_path_factory.mktemp('distrib')
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(Path(__file__).parent/'distrib_run.py'), str(out)]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           str(Path(__file__).parent/'distrib_run.py'), str(out)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return out, [torch.load(out/f'rank{r}.pt', weights_only=False) for r in range(2)]
@@ -44,11 +45,13 @@ def test_distrib_ranks_agree_on_bounds_and_snapshots(run):
     assert r0['bounds'] == r1['bounds']              # one range test's result on every rank
     run0 = out/'models'/'snapshot'/'run_000' # one run folder for both ranks, made by rank 0
     assert r0['snapshots'] == r1['snapshots'] == [str(run0/f'snapshot_{i:03d}.pth') for i in range(2)]
-    assert sorted(p.name for p in run0.iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth'] # written once, no temp files left
+    # written once, no temp files left
+    assert sorted(p.name for p in run0.iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth']
     assert [p.name for p in (out/'models'/'snapshot').iterdir()] == ['run_000']
 
 def test_distrib_gathered_preds_match_one_process(run):
-    "`get_preds`, `snapshot_preds` and `tta10` in two processes: every valid item once, in order, as one process predicts it"
+    """`get_preds`, `snapshot_preds` and `tta10` in two processes: every valid item once, in order, as one process
+    predicts it"""
     out, (r0, r1) = run
     learn = Learner(loaders(), model(), metrics=accuracy, path=out)
     learn.model.load_state_dict(torch.load(out/'model.pth'))

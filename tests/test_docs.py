@@ -13,10 +13,12 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).parents[1]
-NBS = sorted(p for p in (ROOT/'nbs').rglob('*.ipynb') if not any(s.startswith(('.', '_')) for s in p.relative_to(ROOT/'nbs').parts))
+NBS = sorted(p for p in (ROOT/'nbs').rglob('*.ipynb') if not any(s.startswith(('.', '_'))
+                                                                 for s in p.relative_to(ROOT/'nbs').parts))
 PAGES = [p.relative_to(ROOT/'nbs').as_posix() for p in NBS]
-CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-                  '--disable-component-update', '--disable-sync', '--window-size=1280,900']
+CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+                  '--window-size=1280,900']
 
 def _docs_tool():
     spec = importlib.util.spec_from_file_location('compkit_docs_tool', ROOT/'tools'/'docs.py')
@@ -26,12 +28,14 @@ def _docs_tool():
 def build(root, out):
     "Run `tools/docs.py` (what `make docs` runs) on the project at `root`"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
-    return subprocess.run([sys.executable, str(ROOT/'tools'/'docs.py'), str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, str(ROOT/'tools'/'docs.py'), str(out)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 class Html(HTMLParser):
     "What the checks need from a page: ids, links and resources, headings, the sidebar, the text"
     def __init__(self, s):
-        super().__init__(); self.ids, self.links, self.res, self.heads, self.side, self.active, self.text, self._in = set(), [], [], {}, [], None, [], []
+        super().__init__()
+        self.ids, self.links, self.res, self.heads, self.side, self.active, self.text, self._in = set(), [], [], {}, [], None, [], []
         self.feed(s)
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -81,7 +85,8 @@ def chromium():
     if exe is None and os.geteuid() == 0:
         env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
         install = ['apt-get', 'install', '-y', '-q', 'chromium']
-        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode:  # a fresh machine needs the lists first
+        # a fresh machine needs the lists first
+        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode:
             subprocess.run(['apt-get', 'update', '-q'], env=env, capture_output=True, timeout=600)
             subprocess.run(install, env=env, capture_output=True, timeout=900, check=True)
         exe = shutil.which('chromium')
@@ -92,7 +97,8 @@ def chromium():
 def shots(tmp_path_factory): return tmp_path_factory.mktemp('screenshots')
 
 def browse(exe, url, tmp, *action):
-    r = subprocess.run([exe, *CHROMIUM_FLAGS, f'--user-data-dir={tmp}', *action, url], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([exe, *CHROMIUM_FLAGS, f'--user-data-dir={tmp}', *action, url], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 
@@ -111,11 +117,14 @@ def test_page_in_chromium(nb, site, server, chromium, shots, tmp_path):
     # the sidebar lists every page once, this one marked as the current page
     assert sorted(urljoin(file, h) for h in dom.side) == sorted(site.pages.values())
     assert urljoin(file, dom.active) == file
-    # every public name of the page's module has its entry (tools/docs.py fails the build otherwise; this is the browser's view)
+    # every public name of the page's module has its entry (tools/docs.py fails the build otherwise; this is the
+    # browser's view)
     src = (ROOT/'nbs'/nb).read_text()
     if (m := re.search(r'#\|\s*default_exp\s+([\w.]+)', src)):
         mod = importlib.import_module(f'compkit.{m[1]}')
-        own = [n for n in getattr(mod, '__all__', []) if getattr(getattr(mod, n), '__module__', mod.__name__) == mod.__name__ and callable(getattr(mod, n))]
+        own = [n for n in getattr(mod, '__all__', []) if getattr(getattr(mod, n),
+                                                                 '__module__', mod.__name__) == mod.__name__
+                                                                 and callable(getattr(mod, n))]
         assert not [n for n in own if n.lower() not in dom.ids], f'{nb}: public names without a doc entry'
         if own: assert 'Details' in dom.all_text   # the show_doc parameter tables
     if nb == 'index.ipynb':
@@ -127,7 +136,8 @@ def test_page_in_chromium(nb, site, server, chromium, shots, tmp_path):
     assert img.size == (1280, 900) and len(img.getcolors(1 << 16) or range(1 << 16)) > 20, f'{shot} looks blank'
 
 def test_links_images_and_no_network(site, server):
-    "Crawl from the home page: every internal link and image resolves (anchors too), every page is reachable, nothing external is loaded"
+    """Crawl from the home page: every internal link and image resolves (anchors too), every page is reachable, nothing
+    external is loaded"""
     seen, todo, broken, external, ids = set(), [server + 'index.html'], [], [], {}
     anchors = []
     while todo:
@@ -156,7 +166,8 @@ def test_links_images_and_no_network(site, server):
     assert {u[len(server):] for u in ids} == set(site.pages.values()), 'pages not reachable from the home page'
 
 def _nb(*cells):
-    return json.dumps({'cells': [dict(cell_type=t, metadata={}, source=s, **({'outputs': o, 'execution_count': 1} if t == 'code' else {}))
+    return json.dumps({'cells': [dict(cell_type=t, metadata={}, source=s,
+                                      **({'outputs': o, 'execution_count': 1} if t == 'code' else {}))
                                  for t, s, o in cells], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5})
 
 def test_new_notebooks_are_picked_up_not_run_and_checked(tmp_path):
@@ -165,14 +176,18 @@ def test_new_notebooks_are_picked_up_not_run_and_checked(tmp_path):
     proj = tmp_path/'proj'; (proj/'nbs').mkdir(parents=True)
     shutil.copy(ROOT/'settings.ini', proj); shutil.copy(ROOT/'nbs'/'index.ipynb', proj/'nbs')
     stored = [{'output_type': 'stream', 'name': 'stdout', 'text': ['stored output 1234\n']}]
-    (proj/'nbs'/'95_tutorial.fake.ipynb').write_text(_nb(('markdown', '# Fake tutorial\n\n> A summary that\n> wraps.', None),
-                                                          ('code', "raise RuntimeError('a docs build must not run notebooks')", stored)))
-    (proj/'nbs'/'00_core.ipynb').write_text(_nb(('code', '#|default_exp core', []), ('markdown', '# Core\n\n> documents nothing', None)))
+    (proj/'nbs'/'95_tutorial.fake.ipynb').write_text(_nb(('markdown', '# Fake tutorial\n\n> A summary that\n> wraps.',
+                                                          None), ('code', "raise RuntimeError('a docs build must not "
+                                                                          "run notebooks')", stored)))
+    (proj/'nbs'/'00_core.ipynb').write_text(_nb(('code', '#|default_exp core', []),
+                                                ('markdown', '# Core\n\n> documents nothing', None)))
     r = build(proj, proj/'_docs')
-    assert r.returncode != 0 and re.search(r'compkit.core: seed_everything, .*get_device, .*atomic_write', r.stderr), r.stderr
+    assert r.returncode != 0 and re.search(r'compkit.core: seed_everything, .*get_device, .*atomic_write',
+                                           r.stderr), r.stderr
     page = Html((proj/'_docs'/'tutorial.fake.html').read_text())
     assert 'stored output 1234' in page.all_text and page.heads['h1'] == ['Fake tutorial']
-    assert 'A summary that wraps.' in page.all_text                  # nbdev alone keeps the first line of a summary only
+    # nbdev alone keeps the first line of a summary only
+    assert 'A summary that wraps.' in page.all_text
     home = (proj/'_docs'/'index.html').read_text()
     assert re.search(r'section-title">Foundation</div>\s*<ul>\s*<li><a href="core.html"', home)
     assert re.search(r'section-title">Tutorials</div>\s*<ul>\s*<li><a href="tutorial.fake.html"', home)

@@ -31,7 +31,9 @@ D = digits(16)
 
 def dls_(**kw): return DeviceDataLoaders.from_tensorset(D, **{'bs': 64, 'seed': 0, **kw})
 
-def small_cnn(): return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+def small_cnn():
+    return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1),
+                         nn.BatchNorm2d(64), nn.ReLU(),
                                      nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(256, 10))
 
 def cnn_learner(dls): return Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
@@ -85,7 +87,8 @@ def test_shuffles_are_reproducible_under_a_seed():
     assert all(torch.equal(x, y) for x, y in zip(d, e))
 
 def test_augmentations_repeat_under_a_seed():
-    "Random transforms hand out draws made a block at a time; `seed_everything` starts a new block, so a seeded pass repeats"
+    """Random transforms hand out draws made a block at a time; `seed_everything` starts a new block, so a seeded pass
+    repeats"""
     dl = dls_(batch_tfms=[RandomPadCrop(2), RandomResizedCrop()]).train.new(shuffle=False)
     seed_everything(7); a = torch.cat([xb for xb, _ in dl])
     seed_everything(7); b = torch.cat([xb for xb, _ in dl])
@@ -99,7 +102,8 @@ def test_valid_set_is_neither_shuffled_nor_augmented():
     for _ in range(2): assert torch.allclose(torch.cat([xb.cpu() for xb, _ in dls.valid]), expected, atol=1e-5)
     train_x = dls.train_ds.x.cpu()
     xb, yb = dls.train.one_batch()
-    assert not any(torch.allclose(xb[0].cpu(), (img / 255. - mean.view(-1, 1, 1)) / std.view(-1, 1, 1), atol=1e-3) for img in train_x)
+    assert not any(torch.allclose(xb[0].cpu(), (img / 255. - mean.view(-1, 1, 1)) / std.view(-1, 1, 1),
+                                  atol=1e-3) for img in train_x)
 
 def test_host_storage_gives_the_same_batches():
     dev, host = dls_(seed=3), dls_(seed=3, max_device_bytes=0)
@@ -201,7 +205,8 @@ def test_bad_labels_are_named(y, msg):
 def test_label_outside_vocab_in_df(tmp_path):
     save_folder(tmp_path, [np.zeros((8, 8), np.uint8)] * 2)
     df = pd.DataFrame({'fn': ['c/0.png', 'c/1.png'], 'label': ['cat', 'cow']})
-    with pytest.raises(ValueError, match="label 1 \\('cow'\\)"): DeviceDataLoaders.from_df(df, path=tmp_path, size=8, vocab=['cat', 'dog'])
+    with pytest.raises(ValueError, match="label 1 \\('cow'\\)"):
+        DeviceDataLoaders.from_df(df, path=tmp_path, size=8, vocab=['cat', 'dog'])
 
 # ---- folds
 
@@ -275,7 +280,8 @@ def test_works_with_fastai_dataloaders(tmp_path):
 def state(learn): return {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
 
 def test_default_optimizer_freezes_finds_lrs_averages_snapshots_and_saves(dls, tmp_path):
-    "timm_learner's TorchAdamW (torch's fused AdamW behind fastai's OptimWrapper) in each of fastai's and compkit's uses"
+    """timm_learner's TorchAdamW (torch's fused AdamW behind fastai's OptimWrapper) in each of fastai's and compkit's
+    uses"""
     learn = timm_learner(dls, 'resnet10t', path=tmp_path)
     assert learn.opt_func is TorchAdamW
     w = state(learn)
@@ -315,22 +321,25 @@ class PredDtype(Callback):
         if self.training: self.dtypes.add(self.pred.dtype)
 
 def small_bf16_cnn():
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1),
+                         nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
-@pytest.mark.parametrize('make', [MixUp, CutMix, SnapshotEnsemble, lambda: SWA(start_pct=0.5), lambda: Tempering(switch_epoch=2),
-                                  lambda: ProgressiveResize({0: 12, 2: 16}),
-                                  lambda: EMA(decay=0.9)], ids=['mixup', 'cutmix', 'snapshot', 'swa', 'tempering', 'progressive', 'ema'])
+@pytest.mark.parametrize('make', [MixUp, CutMix, SnapshotEnsemble, lambda: SWA(start_pct=0.5),
+                                  lambda: Tempering(switch_epoch=2), lambda: ProgressiveResize({0: 12, 2: 16}),
+                                  lambda: EMA(decay=0.9)],
+                                  ids=['mixup', 'cutmix', 'snapshot', 'swa', 'tempering', 'progressive', 'ema'])
 def test_callback_under_bf16_autocast_and_channels_last(make):
     seed_everything(0)
     dls = DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0, batch_tfms=RandomPadCrop(2))
     rec = PredDtype()
-    learn = timm_learner(dls, small_bf16_cnn(), cbs=[rec, make()], metrics=accuracy).to_channelslast(use_amp=False).to_device_amp('bf16')
+    learn = timm_learner(dls, small_bf16_cnn(), cbs=[rec, make()],
+                         metrics=accuracy).to_channelslast(use_amp=False).to_device_amp('bf16')
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 3e-2)
     assert rec.dtypes == {torch.bfloat16}
     assert learn.model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(math.isfinite(v) for row in learn.recorder.values for v in row)
-    assert learn.recorder.values[-1][-1] > 0.4 # accuracy after 4 short epochs of a tiny model (about 0.55-0.8 in float32); chance is 0.1
+    # accuracy after 4 short epochs of a tiny model (about 0.55-0.8 in float32); chance is 0.1
+    assert learn.recorder.values[-1][-1] > 0.4
     with learn.no_bar():
         preds, targs = learn.snapshot_preds() if hasattr(learn, 'snapshots') else learn.get_preds()
         tta, tta_targs = learn.tta10(scale=8/7, flip=None) # digits are not mirror-symmetric

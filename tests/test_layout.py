@@ -30,7 +30,8 @@ def compkit_imports(path):
     return res
 
 def test_each_module_has_a_numbered_notebook():
-    mods = {p.relative_to(ROOT/'compkit').with_suffix('').as_posix().replace('/', '.') for p in (ROOT/'compkit').rglob('*.py')}
+    mods = {p.relative_to(ROOT/'compkit').with_suffix('').as_posix().replace('/', '.')
+            for p in (ROOT/'compkit').rglob('*.py')}
     assert {m for m in mods if not m.endswith('__init__') and m != '_modidx'} == set(notebooks())
 
 def test_imports_run_one_way():
@@ -39,7 +40,8 @@ def test_imports_run_one_way():
     for mod, n in nums.items():
         path = ROOT/'compkit'/(mod.replace('.', '/') + '.py')
         for dep in compkit_imports(path):
-            dep = dep if dep in nums else dep.rsplit('.', 1)[0] # `from compkit.box import ops` names a module by its package
+            # `from compkit.box import ops` names a module by its package
+            dep = dep if dep in nums else dep.rsplit('.', 1)[0]
             if dep != 'all' and nums.get(dep, -1) >= n: bad.append(f'{mod} ({n}) imports {dep} ({nums.get(dep)})')
     assert not bad, bad
 

@@ -36,14 +36,19 @@ from compkit.predict.cv import cross_validate, CVResult
 
 # ---- tta10
 
-@pytest.mark.parametrize('shape,size,vflip', [((32, 32), 28, False), ((31, 40), (17, 30), True), ((33, 33), 24, False), ((20, 26), 20, True)])
+@pytest.mark.parametrize('shape,size,vflip', [((32, 32), 28, False), ((31, 40), (17, 30), True), ((33, 33), 24, False),
+                                              ((20, 26), 20, True)])
 def test_views_equal_torchvision_ten_crop(shape, size, vflip):
     x = torch.randint(0, 256, (3, 2, *shape), dtype=torch.uint8)
-    assert torch.equal(ten_crop_views(x, size, vflip), torch.stack(TF.ten_crop(x, [size, size] if isinstance(size, int) else list(size), vertical_flip=vflip)))
+    assert torch.equal(ten_crop_views(x,
+                                      size, vflip), torch.stack(TF.ten_crop(x,
+                                                                            [size, size] if isinstance(size, int)
+                                                                            else list(size), vertical_flip=vflip)))
 
 @pytest.mark.parametrize('scale,flip', itertools.product([1., 1.25, 1.5, 2.], ['horizontal', 'vertical']))
 def test_box_round_trip_exact(scale, flip):
-    "Dyadic scales: boxes go to every view and back bit for bit; and the forward map is torchvision's resize + flip + crop of boxes"
+    """Dyadic scales: boxes go to every view and back bit for bit; and the forward map is torchvision's resize + flip +
+    crop of boxes"""
     b = torch.tensor([[0., 0., 32., 24.], [3., 5., 20., 17.], [7.5, 2.25, 8.5, 21.]])
     tc = TenCrop((24, 32), (20, 24), scale, flip)
     for i, (t, l, flipped) in enumerate(tc.views):
@@ -59,12 +64,15 @@ def test_box_round_trip_any_scale(scale):
     tc = TenCrop((28, 28), 26, scale)
     for i in range(10): assert torch.allclose(tc.boxes_from_view(tc.boxes_to_view(b, i), i), b, atol=1e-5)
 
-def tiny_cnn(n_in=1): return nn.Sequential(ConvLayer(n_in, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+def tiny_cnn(n_in=1): return nn.Sequential(ConvLayer(n_in, 16, stride=2), ConvLayer(16, 32, stride=2),
+                                           ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                           nn.Linear(64, 10))
 
 @pytest.fixture(scope='module')
 def trained():
     "A small CNN trained on 28 px digits with random crops (pad-crop and random-resized-crop)"
-    dls = DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3), RandomResizedCrop(scale=(0.5, 1))])
+    dls = DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0,
+                                           batch_tfms=[RandomPadCrop(3), RandomResizedCrop(scale=(0.5, 1))])
     learn = timm_learner(dls, tiny_cnn())
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 1e-2)
     return learn
@@ -76,7 +84,8 @@ def sdl(trained):
     return trained.dls.test_dl(ds.x[:96].cpu(), labels=ds.ys[0][:96].cpu())
 
 def _reference(model, xb, scale, size, n=10):
-    "The merged softmax of `model` over torchvision's ten crops of `xb` resized by `scale`: tta10's independent reference"
+    """The merged softmax of `model` over torchvision's ten crops of `xb` resized by `scale`: tta10's independent
+    reference"""
     h, w = xb.shape[-2:]
     xs = TF.resize(xb.as_subclass(torch.Tensor), [round(h * scale), round(w * scale)], antialias=True)
     with torch.no_grad(): p = torch.stack([model(v).softmax(-1) for v in TF.ten_crop(xs, [size, size])[:n]]).mean(0)
@@ -101,12 +110,14 @@ def test_merges_against_hand_computation(trained, sdl):
     with trained.no_bar():
         p, t, v = trained.tta10(sdl, scale=1.25, size=30, with_views=True)
         assert torch.allclose(p, v.mean(0), atol=1e-6)
-        assert torch.allclose(trained.tta10(sdl, scale=1.25, size=30, merge='gmean')[0], v.log().mean(0).exp(), atol=1e-5)
+        assert torch.allclose(trained.tta10(sdl, scale=1.25, size=30, merge='gmean')[0], v.log().mean(0).exp(),
+                              atol=1e-5)
         assert torch.allclose(trained.tta10(sdl, scale=1.25, size=30, merge='max')[0], v.amax(0), atol=1e-6)
     assert torch.allclose(p, _reference(trained.model.eval(), torch.cat([b[0] for b in sdl]), 1.25, 30), atol=1e-5)
 
 def test_callbacks_see_each_chunk_and_models_from_files(trained, sdl, tmp_path):
-    "The passes go through fastai's loop (callbacks see every chunk); `learn.save` files and modules work as `models`, and the weights are restored"
+    """The passes go through fastai's loop (callbacks see every chunk); `learn.save` files and modules work as `models`,
+    and the weights are restored"""
     class Shapes(Callback):
         def __init__(self): self.shapes = []
         def before_batch(self): self.shapes.append(tuple(self.xb[0].shape))
@@ -115,18 +126,21 @@ def test_callbacks_see_each_chunk_and_models_from_files(trained, sdl, tmp_path):
     try:
         with trained.no_bar(): p, _ = trained.tta10(sdl, scale=1.25, size=30, chunk=4)
     finally: trained.remove_cb(cb)
-    assert cb.shapes == [(4 * 64, 1, 30, 30)] * 2 + [(2 * 64, 1, 30, 30)] + [(4 * 32, 1, 30, 30)] * 2 + [(2 * 32, 1, 30, 30)]
+    assert cb.shapes == [(4 * 64, 1, 30, 30)] * 2 + [(2 * 64, 1, 30, 30)] + [(4 * 32, 1, 30,
+                                                                              30)] * 2 + [(2 * 32, 1, 30, 30)]
     save_model(tmp_path/'snap.pth', trained.model, None) # what `learn.save('snap')` writes
     before = {k: v.clone() for k, v in trained.model.state_dict().items()}
     with trained.no_bar():
         pf, _ = trained.tta10(sdl, scale=1.25, size=30, chunk=4, models=[tmp_path/'snap.pth']) # the chunks `p` had
         pm, _ = trained.tta10(sdl, scale=1.25, size=30, chunk=4, models=[trained.model])
-        with pytest.raises(ValueError, match='models\\[0\\]: no file'): trained.tta10(sdl, scale=1.25, size=30, models=['nowhere.pth'])
+        with pytest.raises(ValueError, match='models\\[0\\]: no file'):
+            trained.tta10(sdl, scale=1.25, size=30, models=['nowhere.pth'])
     assert torch.allclose(pf, p, atol=1e-6) and torch.allclose(pm, p, atol=1e-6)
     assert all(torch.equal(v, trained.model.state_dict()[k]) for k, v in before.items())
 
 def test_fastai_tta_runs_on_device_dataloaders(trained):
-    "fastai's own `Learner.tta` (untouched) on compkit's loaders: random training augmentations per pass, then the plain pass"
+    """fastai's own `Learner.tta` (untouched) on compkit's loaders: random training augmentations per pass, then the
+    plain pass"""
     with trained.no_bar(): (aug, plain), t = trained.tta(n=2, beta=None)
     p, _ = trained.get_preds()
     assert torch.allclose(plain, p, atol=1e-6)
@@ -156,8 +170,11 @@ def pair():
     "A small CNN on 28 px digits and an MLP on 16 px digits, the same fixed validation split"
     seed_everything(0) # a module fixture is made before the per-test seed: the same start whatever ran before
     cnn = timm_learner(DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3)]),
-                       nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(64, 10)))
-    mlp = timm_learner(DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0), nn.Sequential(Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
+                       nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2),
+                                     ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), Flatten(),
+                                     nn.Linear(64, 10)))
+    mlp = timm_learner(DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0),
+                       nn.Sequential(Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
     for learn in (cnn, mlp):
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 1e-2)
     return cnn, mlp
@@ -169,7 +186,8 @@ def test_tta_preds_and_fitted_weights(pair):
         assert torch.allclose(preds[0], cnn.tta10(scale=8/7, flip=None)[0]) and torch.allclose(preds[1], mlp.tta10(scale=8/7, flip=None)[0])
     w = fit_weights(preds, t)
     losses = [_log_loss(ensemble_preds(preds, ws), t) for ws in (w, [1, 1], [1, 0], [0, 1])]
-    assert losses[0] <= min(losses[1:]) + 1e-6   # the fitted weights beat equal weights and each model alone, on the set they were fitted on
+    # the fitted weights beat equal weights and each model alone, on the set they were fitted on
+    assert losses[0] <= min(losses[1:]) + 1e-6
     for ws in torch.linspace(0, 1, 21): assert losses[0] <= _log_loss(ensemble_preds(preds, [ws, 1 - ws]), t) + 1e-6
 
 def test_rank_average_of_real_predictions(pair):
@@ -179,8 +197,10 @@ def test_rank_average_of_real_predictions(pair):
 
 # ---- pseudo-labels
 
-def small_cnn(n_out=10): return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
-                                              nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_out))
+def small_cnn(n_out=10): return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                                              nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                                              nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),
+                                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_out))
 
 @pytest.fixture(scope='module')
 def setup():
@@ -189,7 +209,8 @@ def setup():
     train_idx = torch.tensor(sorted(set(range(len(d.y))) - set(d.valid_idx.tolist())))
     lab, unlab = train_idx[::2], train_idx[1::2]
     keep = torch.cat([lab, d.valid_idx])
-    dls = DeviceDataLoaders.from_tensors(d.x[keep], d.y[keep], vocab=d.vocab, valid_idx=range(len(lab), len(keep)), bs=64, seed=0)
+    dls = DeviceDataLoaders.from_tensors(d.x[keep], d.y[keep], vocab=d.vocab, valid_idx=range(len(lab), len(keep)),
+                                         bs=64, seed=0)
     learners = [timm_learner(dls, small_cnn()) for _ in range(2)]
     for l in learners:
         with l.no_bar(), l.no_logging(): l.fit_one_cycle(4, 1e-2)
@@ -210,7 +231,8 @@ def test_ensemble_pseudo_labels_retrain(setup):
     assert (table['taken'] <= table['predicted']).all()
     dls2 = pseudo_dataloaders(dls, tdl, pl)
     assert len(dls2.train_ds) == len(lab) + len(pl.idx) and torch.equal(dls2.valid_ds.x, dls.valid_ds.x)
-    assert dls2.after_batch.normalize.mean.equal(dls.after_batch.normalize.mean) # same normalisation: fine-tuning sees the same inputs
+    # same normalisation: fine-tuning sees the same inputs
+    assert dls2.after_batch.normalize.mean.equal(dls.after_batch.normalize.mean)
     # every pseudo-labelled item is drawn in an epoch
     seen = torch.cat([yb for _, yb in dls2.train])
     assert len(seen) == len(dls2.train_ds) // 64 * 64
@@ -231,8 +253,10 @@ def test_bad_predictions_refused(setup):
     d, lab, unlab, dls, learners = setup
     tdl = dls.test_dl(d.x[unlab])
     with pytest.raises(ValueError, match='logits'): pseudo_labels(torch.randn(len(unlab), 10))
-    with pytest.raises(ValueError, match='classes'): pseudo_dataloaders(dls, tdl, pseudo_labels(torch.full((len(unlab), 4), 0.25)))
-    with pytest.raises(ValueError, match='made for'): pseudo_dataloaders(dls, d.x[unlab[:-1]], pseudo_labels(torch.full((len(unlab), 10), 0.1)))
+    with pytest.raises(ValueError, match='classes'):
+        pseudo_dataloaders(dls, tdl, pseudo_labels(torch.full((len(unlab), 4), 0.25)))
+    with pytest.raises(ValueError, match='made for'): pseudo_dataloaders(dls,
+                                                                         d.x[unlab[:-1]], pseudo_labels(torch.full((len(unlab), 10), 0.1)))
 
 # ---- cross-validation
 

@@ -26,8 +26,11 @@ from compkit.retrieval.search import topk_similar, rank_classes, map_at_k, embed
 
 D = digits(16)
 
-def small_cnn(n_emb=32): return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
-                                              nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_emb))
+def small_cnn(n_emb=32):
+    return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1),
+                         nn.BatchNorm2d(64), nn.ReLU(),
+                                              nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),
+                                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_emb))
 
 @pytest.fixture(scope='module')
 def dls(): return DeviceDataLoaders.from_tensorset(D, bs=64, seed=0)
@@ -37,15 +40,18 @@ def quiet_fit(learn, *args, method='fit_one_cycle'):
 
 # --- against pytorch-metric-learning ---------------------------------------------------------------------------------
 
-def _emb_labels(n=48, d=16, c=7, seed=123): # not 0: the heads draw their weights from the global generator, seeded 0 by conftest
+# not 0: the heads draw their weights from the global generator, seeded 0 by conftest
+def _emb_labels(n=48, d=16, c=7, seed=123):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g), torch.randint(0, c, (n,), generator=g)
 
-@pytest.mark.parametrize('cls,pml_name,m,pml_margin', [(ArcFace, 'ArcFaceLoss', 0.5, math.degrees(0.5)), (ArcFace, 'ArcFaceLoss', 1.2, math.degrees(1.2)),
+@pytest.mark.parametrize('cls,pml_name,m,pml_margin', [(ArcFace, 'ArcFaceLoss', 0.5, math.degrees(0.5)),
+                                                       (ArcFace, 'ArcFaceLoss', 1.2, math.degrees(1.2)),
                                                       (CosFace, 'CosFaceLoss', 0.35, 0.35)])
 @pytest.mark.parametrize('s', [64., 16.])
 def test_margin_heads_equal_pml(cls, pml_name, m, pml_margin, s):
-    "Same loss and same gradient as pytorch-metric-learning (ArcFace margins there are in degrees; its W is (n_emb, n_out))"
+    """Same loss and same gradient as pytorch-metric-learning (ArcFace margins there are in degrees; its W is (n_emb,
+    n_out))"""
     pml = pytest.importorskip('pytorch_metric_learning.losses')
     emb, y = _emb_labels()
     head = cls(16, 7, m=m, s=s)
@@ -98,7 +104,8 @@ def test_head_trains_saves_exports_and_predicts(dls, tmp_path):
     with learn.no_bar(): probs, targs = learn.get_preds()
     x = learn.dls.valid.one_batch()[0]
     learn.model.eval()
-    with torch.no_grad(): expected = F.softmax(64 * F.normalize(learn.model.embed(x)) @ F.normalize(learn.model.head.weight).T, 1)
+    with torch.no_grad():
+        expected = F.softmax(64 * F.normalize(learn.model.embed(x)) @ F.normalize(learn.model.head.weight).T, 1)
     assert torch.allclose(probs[:len(x)], expected, atol=1e-5)
     # learn.save / learn.load carry the head
     learn.save('cos')
@@ -113,7 +120,8 @@ def test_head_trains_saves_exports_and_predicts(dls, tmp_path):
     assert torch.allclose(back.predict(raw)[2], learn.predict(raw)[2], atol=1e-5)
 
 def test_pretrained_body_frozen_head_trainable(dls, tmp_path):
-    "Local weights: timm_learner freezes the body; the margin head joins the last (trainable) group of the new optimizer"
+    """Local weights: timm_learner freezes the body; the margin head joins the last (trainable) group of the new
+    optimizer"""
     src = timm.create_model('resnet10t')
     torch.save(src.state_dict(), tmp_path/'w.pth')
     learn = metric_learner(dls, 'resnet10t', n_emb=16, weights=tmp_path/'w.pth')
@@ -133,7 +141,8 @@ class Spy(Callback):
 def test_targets_reach_model_in_training_only_and_compose(dls, tmp_path):
     "lr_find trains with the targets; validation and get_preds without; with GradientAccumulation and SaveModelCallback"
     spy = Spy()
-    learn = metric_learner(dls, small_cnn(), cbs=[spy, GradientAccumulation(128), SaveModelCallback(fname='best')], path=tmp_path)
+    learn = metric_learner(dls, small_cnn(), cbs=[spy, GradientAccumulation(128), SaveModelCallback(fname='best')],
+                           path=tmp_path)
     with learn.no_bar(), learn.no_logging(): learn.lr_find(num_it=8, show_plot=False)
     assert spy.n_inp[True] == {2}
     quiet_fit(learn, 2, 1e-2, method='fit')
@@ -196,7 +205,8 @@ def data(n=300, m=2000, d=24, c=50, seed=0):
 def test_topk_equals_sklearn_brute_force(bs, gallery_bs):
     q, g, _ = data()
     s, i = topk_similar(q, g, k=20, bs=bs, gallery_bs=gallery_bs)
-    dist, ref = NearestNeighbors(n_neighbors=20, metric='cosine', algorithm='brute').fit(g.numpy()).kneighbors(q.numpy())
+    dist, ref = NearestNeighbors(n_neighbors=20, metric='cosine',
+                                 algorithm='brute').fit(g.numpy()).kneighbors(q.numpy())
     assert torch.equal(i, torch.from_numpy(ref))
     assert torch.allclose(s, torch.from_numpy(1 - dist).float(), atol=1e-5)
 
@@ -255,8 +265,11 @@ def pair():
     "A small CNN on 28 px digits and an MLP on 16 px digits, the same fixed validation split"
     seed_everything(0) # a module fixture is made before the per-test seed: the same start whatever ran before
     cnn = timm_learner(DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3)]),
-                       nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(64, 10)))
-    mlp = timm_learner(DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0), nn.Sequential(Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
+                       nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2),
+                                     ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), Flatten(),
+                                     nn.Linear(64, 10)))
+    mlp = timm_learner(DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0),
+                       nn.Sequential(Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
     for learn in (cnn, mlp):
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 1e-2)
     return cnn, mlp
@@ -270,7 +283,9 @@ def test_meta_embeddings_nearest_neighbour(pair):
         et, yt = meta_embeddings(pair, dl=tr, layers=layers)   # one loader per learner: their sizes differ
         ev, yv = meta_embeddings(pair, layers=layers)
         single = [embeddings(l, layer=m)[0] for l, m in zip(pair, layers)]
-    assert et.shape == (1437, 64 + 128) and ev.shape == (360, 64 + 128) and torch.equal(yt, pair[0].dls.train_ds.ys[0].cpu())
+    assert et.shape == (1437, 64 + 128) and ev.shape == (360,
+                                                         64 + 128) and torch.equal(yt, pair[0].dls.train_ds.ys[0].cpu())
     nn_acc = lambda e, et: float((yt[(e @ et.T).argmax(1)] == yv).float().mean()) # cosine 1-NN (rows are unit vectors)
-    accs = [nn_acc(F.normalize(single[0], dim=1), et[:, :64]), nn_acc(F.normalize(single[1], dim=1), et[:, 64:]), nn_acc(ev, et)]
+    accs = [nn_acc(F.normalize(single[0], dim=1), et[:, :64]), nn_acc(F.normalize(single[1], dim=1), et[:, 64:]),
+            nn_acc(ev, et)]
     assert accs[2] > 0.9 and accs[2] >= min(accs[:2]), accs  # 0.96, 0.975 and 0.983 here

@@ -22,7 +22,9 @@ from compkit.schedule.ema import EMA
 D = digits(16)
 
 def block(ni, nf, stride): return [nn.Conv2d(ni, nf, 3, stride, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU()]
-def small_cnn(n_in=1): return nn.Sequential(*block(n_in, 16, 1), *block(16, 32, 2), *block(32, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+def small_cnn(n_in=1):
+    return nn.Sequential(*block(n_in, 16, 1), *block(16, 32, 2), *block(32, 64, 2), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(64, 10))
 def weights(learn): return {k: v.to('cpu', copy=True) for k, v in learn.model.state_dict().items()} # as the snapshots
 def same(w0, w1): return w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
 def quiet(learn): return learn.no_bar()
@@ -36,7 +38,8 @@ def fastai_dls(tmp_path_factory):
     for i in range(300):
         (root/str(int(D.y[i]))).mkdir(exist_ok=True)
         Image.fromarray(D.x[i, 0].numpy()).convert('RGB').save(root/str(int(D.y[i]))/f'{i}.png')
-    return ImageDataLoaders.from_folder(root, valid_pct=0.2, seed=0, item_tfms=Resize(16), batch_tfms=aug_transforms(do_flip=False), bs=32, num_workers=0)
+    return ImageDataLoaders.from_folder(root, valid_pct=0.2, seed=0, item_tfms=Resize(16),
+                                        batch_tfms=aug_transforms(do_flip=False), bs=32, num_workers=0)
 
 class CancelAt(Callback):
     "Cancel the fit in the middle of the first training batch of epoch `epoch`"
@@ -75,7 +78,8 @@ def test_after_training_survives_and_leaves_the_learner_as_it_was(dls):
     assert np.isfinite([b.lr_min, b.lr_max]).all() and 0 < b.lr_min < b.lr_max
     assert same(w0, weights(learn))
     for s0, s1 in zip(opt0, learn.opt.state_dict()['state']):
-        assert s0.keys() == s1.keys() and all(torch.equal(s0[k], s1[k]) if torch.is_tensor(s0[k]) else s0[k] == s1[k] for k in s0)
+        assert s0.keys() == s1.keys() and all(torch.equal(s0[k], s1[k]) if torch.is_tensor(s0[k]) else s0[k] == s1[k]
+                                              for k in s0)
 
 def test_a_fit_after_the_test_is_the_fit_without_it_on_fastai_dataloaders(fastai_dls):
     "python's random (fastai's RandTransforms, the loader's rng), torch's RNG and the weights all come back"
@@ -91,10 +95,12 @@ def test_a_fit_after_the_test_is_the_fit_without_it_on_fastai_dataloaders(fastai
     assert same(run(False), run(True))
 
 def test_a_fit_after_the_test_is_the_fit_without_it_with_compkit_augmentations():
-    "each augmentation's random state drawn ahead (a block of items) comes back too, with the torch and loader generators"
+    """each augmentation's random state drawn ahead (a block of items) comes back too, with the torch and loader
+    generators"""
     def run(find):
         seed_everything(3)
-        dls = DeviceDataLoaders.from_tensors(D.x[:320], D.y[:320], bs=64, seed=0, batch_tfms=[RandomPadCrop(2), RandomFlip(), RandomResizedCrop()])
+        dls = DeviceDataLoaders.from_tensors(D.x[:320], D.y[:320], bs=64, seed=0,
+                                             batch_tfms=[RandomPadCrop(2), RandomFlip(), RandomResizedCrop()])
         learn = timm_learner(dls, small_cnn())
         with quiet(learn), learn.no_logging():
             learn.fit(1, 1e-3)
@@ -111,7 +117,8 @@ def test_snapshots_under_fastai_fit_sgdr_are_the_cycle_end_weights(dls):
         def before_fit(self): self.w = []
         def after_epoch(self): self.w.append(weights(self.learn))
     learn, keep = timm_learner(dls, small_cnn()), Keep()
-    with quiet(learn), learn.no_logging(): learn.fit_sgdr(2, 1, 1e-2, cycle_mult=2, cbs=[SnapshotEnsemble(2, 1, 2), keep])
+    with quiet(learn), learn.no_logging():
+        learn.fit_sgdr(2, 1, 1e-2, cycle_mult=2, cbs=[SnapshotEnsemble(2, 1, 2), keep])
     assert len(learn.snapshots) == 2 and same(learn.snapshots[0], keep.w[0]) and same(learn.snapshots[1], keep.w[2])
 
 @pytest.mark.parametrize('args', [(), (2, 1)], ids=['found', 'checked'])
@@ -119,14 +126,16 @@ def test_snapshots_under_fastai_fit_sgdr_need_no_arguments(dls, args):
     "issue 20: fit_sgdr(2, 1) gave one snapshot unless the cycles were repeated by hand"
     learn = timm_learner(dls, small_cnn())
     snap = SnapshotEnsemble(*args, cycle_mult=2) if args else SnapshotEnsemble()
-    with quiet(learn), learn.no_logging(): learn.fit_sgdr(2, 1, 1e-2, cbs=snap) # fastai's default cycle_mult=2: epochs 0 and 1-2
+    # fastai's default cycle_mult=2: epochs 0 and 1-2
+    with quiet(learn), learn.no_logging(): learn.fit_sgdr(2, 1, 1e-2, cbs=snap)
     assert len(learn.snapshots) == 2
 
 def test_a_second_run_on_disk_neither_overwrites_nor_mixes(dls, tmp_path):
     learn = timm_learner(dls, small_cnn(), path=tmp_path)
     with quiet(learn), learn.no_logging(): learn.fit_sgdr_snapshots(3, 1, 2e-2, 1e-3, to_disk=True)
     first = {f: f.read_bytes() for f in learn.snapshots}
-    with quiet(learn), learn.no_logging(): learn.fit_sgdr_snapshots(2, 1, 2e-2, 1e-3, to_disk=True) # same path and fname, fewer cycles
+    # same path and fname, fewer cycles
+    with quiet(learn), learn.no_logging(): learn.fit_sgdr_snapshots(2, 1, 2e-2, 1e-3, to_disk=True)
     assert {f: f.read_bytes() for f in first} == first and not set(first) & set(learn.snapshots)
     new = timm_learner(dls, small_cnn(), path=tmp_path).load_snapshots()
     assert list(new.snapshots) == list(learn.snapshots) and len(new.load_snapshots(run=0).snapshots) == 3
@@ -134,7 +143,8 @@ def test_a_second_run_on_disk_neither_overwrites_nor_mixes(dls, tmp_path):
 def test_interrupted_fit_keeps_finished_snapshots_on_disk_and_a_new_learner_ensembles_them(dls, tmp_path):
     learn = timm_learner(dls, small_cnn(), path=tmp_path)
     with quiet(learn), learn.no_logging(): learn.fit_sgdr_snapshots(4, 1, 2e-2, 1e-3, to_disk=True, cbs=CancelAt(2))
-    assert sorted(p.name for p in (tmp_path/'models'/'snapshot'/'run_000').iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth']
+    assert sorted(p.name
+                  for p in (tmp_path/'models'/'snapshot'/'run_000').iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth']
     new = timm_learner(dls, small_cnn(), path=tmp_path).load_snapshots()
     with quiet(learn), quiet(new):
         p_new, t = new.snapshot_preds()
@@ -163,15 +173,19 @@ def test_swa_on_fastai_dataloaders_ends_on_the_average_with_fresh_batchnorm_stat
     with quiet(learn), learn.no_logging(): learn.fit_one_cycle(4, 1e-2, cbs=[SWA(start_pct=0.5), keep])
     w = learn.model.state_dict()
     for k in w:
-        if 'running' not in k and 'num_batches' not in k: assert torch.allclose(w[k], (keep.w[2][k] + keep.w[3][k]) / 2, atol=1e-6)
-    assert not torch.equal(w['1.running_mean'], keep.w[3]['1.running_mean']) # recomputed by update_bn, from (x, y) tuple batches
+        if 'running' not in k and 'num_batches' not in k: assert torch.allclose(w[k], (keep.w[2][k] + keep.w[3][k]) / 2,
+                                                                                atol=1e-6)
+    # recomputed by update_bn, from (x, y) tuple batches
+    assert not torch.equal(w['1.running_mean'], keep.w[3]['1.running_mean'])
 
 # ---- tempering and progressive resizing on fastai's DataLoaders
 
 def test_tempering_holds_back_fastai_aug_transforms_until_the_switch(fastai_dls):
     class Watch(Callback):
         def before_fit(self): self.seen = []
-        def before_train(self): self.seen.append((self.dls.train.bs, any(isinstance(t, RandTransform) and t.split_idx == 0 for t in self.dls.train.after_batch.fs)))
+        def before_train(self):
+            self.seen.append((self.dls.train.bs, any(isinstance(t, RandTransform) and t.split_idx == 0
+                                                     for t in self.dls.train.after_batch.fs)))
     learn, watch = timm_learner(fastai_dls, small_cnn(3)), Watch()
     fs, bs = fastai_dls.train.after_batch.fs, fastai_dls.train.bs
     with quiet(learn), learn.no_logging(): learn.fit(3, 1e-3, cbs=[Tempering(switch_epoch=1), watch])
@@ -183,7 +197,8 @@ def test_progressive_resize_runs_before_fastai_mixup(dls):
         order = MixUp.order + 1
         def before_fit(self): self.shapes = []
         def before_batch(self):
-            if self.training and self.iter == 0: self.shapes.append((tuple(self.xb[0].shape[-2:]), float(self.mix_up.lam.min()) < 1))
+            if self.training and self.iter == 0: self.shapes.append((tuple(self.xb[0].shape[-2:]),
+                                                                     float(self.mix_up.lam.min()) < 1))
     learn, seen = timm_learner(dls, small_cnn()), Seen()
     with quiet(learn), learn.no_logging(): learn.fit(2, 1e-3, cbs=[ProgressiveResize({0: 10, 1: 16}), MixUp(0.4), seen])
     assert seen.shapes == [((10, 10), True), ((16, 16), True)]
@@ -197,7 +212,8 @@ def test_fine_tune_with_mixup_snapshots_and_tempering_in_one_fit(dls, mix):
     loss_func, fs = learn.loss_func, dls.train.after_batch.fs
     snap, tmp = SnapshotEnsemble(), Tempering(switch_epoch=2)
     with quiet(learn), learn.no_logging(): learn.fine_tune(3, 2e-2, freeze_epochs=1, lr_mult=1, cbs=[mix(), snap, tmp])
-    assert len(learn.snapshots) == 1 and tmp.switch_at == 2                   # the frozen phase makes none; switched in phase 2
+    # the frozen phase makes none; switched in phase 2
+    assert len(learn.snapshots) == 1 and tmp.switch_at == 2
     assert learn.loss_func is loss_func and dls.train.after_batch.fs is fs and dls.train.bs == 64
     with quiet(learn): probs, targs = learn.snapshot_preds()
     assert (probs.argmax(1) == targs).float().mean() > 0.75 # 0.80 to 0.88 over seeds 0-4; chance is 0.1
@@ -206,7 +222,8 @@ def state(learn):
     "What a schedule callback may touch and must put back"
     dl = learn.dls.train
     return dict(bs=dl.bs, batch_tfms=id(dl.after_batch.fs), item_tfms=id(dl.after_item.fs), loss=id(learn.loss_func),
-                lrs=[h['lr'] for h in learn.opt.hypers], cbs=sorted(type(c).__name__ for c in learn.cbs), shapes={k: v.shape for k, v in learn.model.state_dict().items()})
+                lrs=[h['lr'] for h in learn.opt.hypers], cbs=sorted(type(c).__name__ for c in learn.cbs),
+                shapes={k: v.shape for k, v in learn.model.state_dict().items()})
 
 @pytest.mark.parametrize('make', [SnapshotEnsemble, lambda: SWA(start_pct=0.25), lambda: Tempering(switch_epoch=1),
                                   lambda: ProgressiveResize({0: 12, 2: 16}, scale_bs=True), lambda: EMA(decay=0.9)],
@@ -227,16 +244,21 @@ class Interrupt(Callback):
     order = 100
     def __init__(self, event, epoch, exc=KeyboardInterrupt): self.event, self.at, self.exc = event, epoch, exc
     def _maybe(self, event):
-        if event == self.event and self.epoch == self.at and (event not in ('before_batch', 'after_batch') or self.training): raise self.exc(f'stopped at {event}')
+        if event == self.event and self.epoch == self.at and (event not in ('before_batch', 'after_batch')
+                                                              or self.training): raise self.exc(f'stopped at {event}')
 for _e in ('before_epoch', 'before_batch', 'after_batch', 'after_train', 'before_validate', 'after_epoch'):
     setattr(Interrupt, _e, (lambda e: lambda self: self._maybe(e))(_e))
 
-SCHEDULE_CBS = dict(snapshot=lambda: SnapshotEnsemble(to_disk=False), swa=lambda: SWA(start_pct=0.25, swa_lr=5e-4), tempering=lambda: Tempering(switch_epoch=1),
+SCHEDULE_CBS = dict(snapshot=lambda: SnapshotEnsemble(to_disk=False), swa=lambda: SWA(start_pct=0.25, swa_lr=5e-4),
+                    tempering=lambda: Tempering(switch_epoch=1),
                     progressive=lambda: ProgressiveResize({0: 12, 2: 16}, scale_bs=True), ema=lambda: EMA(decay=0.9))
 
 @pytest.mark.parametrize('make', SCHEDULE_CBS.values(), ids=SCHEDULE_CBS.keys())
-@pytest.mark.parametrize('event, epoch, exc', [('before_epoch', 0, KeyboardInterrupt), ('after_batch', 0, KeyboardInterrupt), ('after_train', 1, KeyboardInterrupt),
-                                               ('before_validate', 1, RuntimeError), ('after_epoch', 2, KeyboardInterrupt)])
+@pytest.mark.parametrize('event, epoch, exc', [('before_epoch', 0, KeyboardInterrupt),
+                                               ('after_batch', 0, KeyboardInterrupt),
+                                               ('after_train', 1, KeyboardInterrupt),
+                                               ('before_validate', 1, RuntimeError),
+                                               ('after_epoch', 2, KeyboardInterrupt)])
 def test_an_interrupted_fit_leaves_the_learner_as_a_fresh_one(make, event, epoch, exc):
     "fastai skips after_fit on a KeyboardInterrupt or an error: the learner, its loader and optimizer still come back"
     dls = DeviceDataLoaders.from_tensors(D.x[:320], D.y[:320], bs=64, seed=0, batch_tfms=RandomPadCrop(2))
@@ -246,11 +268,14 @@ def test_an_interrupted_fit_leaves_the_learner_as_a_fresh_one(make, event, epoch
     fresh = state(learn) # as a new learner is: loader, transforms, loss, rates, callbacks
     with quiet(learn), learn.no_logging(), pytest.raises(exc): learn.fit(3, 1e-3, cbs=Interrupt(event, epoch, exc))
     assert state(learn) == fresh and cb.run and '_with_events' not in learn.__dict__
-    with quiet(learn), learn.no_logging(): learn.fit(3, 1e-3) # the next fit starts from the loader as it was, and puts it back
+    # the next fit starts from the loader as it was, and puts it back
+    with quiet(learn), learn.no_logging(): learn.fit(3, 1e-3)
     assert state(learn) == fresh
 
-@pytest.mark.parametrize('event, epoch, exc', [('after_batch', 1, KeyboardInterrupt), ('before_validate', 1, RuntimeError),
-                                               ('after_epoch', 1, KeyboardInterrupt), ('after_epoch', 1, CancelFitException)])
+@pytest.mark.parametrize('event, epoch, exc',
+                         [('after_batch', 1, KeyboardInterrupt), ('before_validate', 1, RuntimeError),
+                                               ('after_epoch', 1, KeyboardInterrupt),
+                                               ('after_epoch', 1, CancelFitException)])
 def test_ema_leaves_the_model_its_own_weights_however_the_fit_ends(event, epoch, exc):
     "The average is in the model from before_validate to after_epoch: an interruption leaves the model's own weights"
     class Steps(Callback):
@@ -262,7 +287,8 @@ def test_ema_leaves_the_model_its_own_weights_however_the_fit_ends(event, epoch,
     with quiet(learn), learn.no_logging():
         try: learn.fit(3, 1e-3, cbs=Interrupt(event, epoch, exc))
         except (KeyboardInterrupt, RuntimeError): pass
-    if exc is CancelFitException: assert same(weights(learn), avg(ema))         # a cancelled fit (EarlyStopping) ends as fits do
+    # a cancelled fit (EarlyStopping) ends as fits do
+    if exc is CancelFitException: assert same(weights(learn), avg(ema))
     else: assert same(weights(learn), steps.w) and not same(weights(learn), avg(ema)) # not the average, though `final`
     with quiet(learn), learn.no_logging(): learn.fit(1, 1e-3)
     assert same(weights(learn), avg(ema))                                    # a whole fit ends on it (`final`)
@@ -273,7 +299,8 @@ def test_each_callback_is_off_inside_lr_find_bounds(dls):
         def before_fit(self): self.seen = set()
         def before_batch(self):
             if self.training: self.seen.add(tuple(self.xb[0].shape))
-    cbs = [SnapshotEnsemble(), SWA(start_pct=0), Tempering(switch_epoch=0, bs_start=32), ProgressiveResize({0: 8}, scale_bs=True), Batches()]
+    cbs = [SnapshotEnsemble(), SWA(start_pct=0), Tempering(switch_epoch=0, bs_start=32),
+           ProgressiveResize({0: 8}, scale_bs=True), Batches()]
     learn = timm_learner(dls, small_cnn(), cbs=cbs)
     w0 = weights(learn)
     with quiet(learn): learn.lr_find_bounds(show_plot=False, num_it=20)

@@ -1,4 +1,5 @@
-"Write README.md from nbs/index.ipynb offline (nbdev_readme needs Quarto): markdown cells as they are, code cells fenced, text outputs kept."
+"""Write README.md from nbs/index.ipynb offline (nbdev_readme needs Quarto): markdown cells as they are, code cells
+fenced, text outputs kept."""
 import json, re, sys
 from pathlib import Path
 

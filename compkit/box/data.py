@@ -23,19 +23,23 @@ __all__ = ['convert_boxes', 'check_boxes', 'fit_boxes', 'show_boxes']
 # %% ../../nbs/32_box.data.ipynb #65c5d6f5
 def _fmt(fmt):
     base, norm = fmt.removesuffix('_norm'), fmt.endswith('_norm')
-    if base not in ('xyxy', 'xywh', 'cxcywh'): raise ValueError(f"box format must be 'xyxy', 'xywh' or 'cxcywh', optionally + '_norm', not {fmt!r}")
+    if base not in ('xyxy', 'xywh', 'cxcywh'):
+        raise ValueError(f"box format must be 'xyxy', 'xywh' or 'cxcywh', optionally + '_norm', not {fmt!r}")
     return base, norm
 
 def convert_boxes(boxes, # boxes (..., 4): a tensor, array or list
-                  in_fmt:str='xyxy', # 'xyxy', 'xywh' (COCO), 'cxcywh'; with '_norm' in fractions of the image ('cxcywh_norm': YOLO)
+                  # 'xyxy', 'xywh' (COCO), 'cxcywh'; with '_norm' in fractions of the image ('cxcywh_norm': YOLO)
+                  in_fmt:str='xyxy',
                   out_fmt:str='xyxy', # same choices
                   size:int|tuple|None=None, # the image's (h, w) (or side), needed for '_norm' formats
                  ) -> torch.Tensor:
-    "Convert `boxes` from `in_fmt` to `out_fmt`: torchvision's 'xyxy', 'xywh', 'cxcywh', in pixels or, with '_norm', fractions of `size`"
+    """Convert `boxes` from `in_fmt` to `out_fmt`: torchvision's 'xyxy', 'xywh', 'cxcywh', in pixels or, with '_norm',
+    fractions of `size`"""
     b = torch.as_tensor(boxes)
     b = b if b.is_floating_point() else b.float()
     (fi, ni), (fo, no) = _fmt(in_fmt), _fmt(out_fmt)
-    if (ni or no) and size is None: raise ValueError(f"normalized boxes ({in_fmt!r} -> {out_fmt!r}) need the image `size` (h, w)")
+    if (ni or no) and size is None:
+        raise ValueError(f"normalized boxes ({in_fmt!r} -> {out_fmt!r}) need the image `size` (h, w)")
     if ni or no: h, w = (tuplify(size) * 2)[:2]; whwh = b.new_tensor([w, h, w, h])
     if ni: b = b * whwh
     if fi != fo: b = box_convert(b, fi, fo)
@@ -48,23 +52,31 @@ def check_boxes(boxes, # one box per image (N, 4), xyxy pixels
                 size:int|tuple|None=None, # the images' (h, w): boxes must lie inside it
                 where:str='', # said after the box in a message, e.g. ' (after fitting to 64 px)'
                ) -> torch.Tensor:
-    "Return `boxes` as a float (N, 4) tensor if each is a finite, non-empty xyxy box inside `size`; raise naming the first bad row otherwise"
+    """Return `boxes` as a float (N, 4) tensor if each is a finite, non-empty xyxy box inside `size`; raise naming the
+    first bad row otherwise"""
     b = torch.as_tensor(boxes)
     b = b if b.is_floating_point() else b.float()
-    if b.ndim != 2 or b.shape[1] != 4: raise ValueError(f"boxes must be one (x1, y1, x2, y2) row per image, shape (N, 4), not {tuple(b.shape)}")
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must be one (x1, y1, x2, y2) row per image, shape (N, 4), not {tuple(b.shape)}")
     box = lambda i: f"box {i} {[round(v, 3) for v in b[i].tolist()]}{where}"
-    checks = [(~b.isfinite().all(1), lambda i: f"{box(i)} has a NaN or infinite coordinate; fix the label or drop the image"),
-              (b[:, 0] > b[:, 2], lambda i: f"{box(i)} has x1 ({b[i, 0]:g}) > x2 ({b[i, 2]:g}); {_HOW} (is `fmt` right?)"),
-              (b[:, 1] > b[:, 3], lambda i: f"{box(i)} has y1 ({b[i, 1]:g}) > y2 ({b[i, 3]:g}); {_HOW} (is `fmt` right?)"),
-              ((b[:, 0] == b[:, 2]) | (b[:, 1] == b[:, 3]), lambda i: f"{box(i)} has zero area; a target needs a positive width and height")]
+    checks = [(~b.isfinite().all(1), lambda i: f"{box(i)} has a NaN or infinite coordinate; fix the label or drop the "
+                                               f"image"),
+              (b[:, 0] > b[:, 2], lambda i: f"{box(i)} has x1 ({b[i, 0]:g}) > x2 ({b[i, 2]:g}); {_HOW} (is `fmt` "
+                                            f"right?)"),
+              (b[:, 1] > b[:, 3], lambda i: f"{box(i)} has y1 ({b[i, 1]:g}) > y2 ({b[i, 3]:g}); {_HOW} (is `fmt` "
+                                            f"right?)"),
+              ((b[:, 0] == b[:, 2]) | (b[:, 1] == b[:, 3]), lambda i: f"{box(i)} has zero area; a target needs a "
+                                                                      f"positive width and height")]
     if size is not None:
         h, w = (tuplify(size) * 2)[:2]
         checks.append(((b[:, :2] < 0).any(1) | (b[:, 2] > w) | (b[:, 3] > h),
-                       lambda i: f"{box(i)} lies outside the {h}x{w} image; {_HOW} (clip it with torchvision.ops.clip_boxes_to_image, or check `fmt`)"))
+                       lambda i: f"{box(i)} lies outside the {h}x{w} image; {_HOW} (clip it with "
+                                 f"torchvision.ops.clip_boxes_to_image, or check `fmt`)"))
     for bad, msg in checks:
         if bad.any():
             idx = bad.nonzero().flatten().tolist()
-            raise ValueError(msg(idx[0]) + (f" [{len(idx)} boxes have this problem: {idx[:10]}{' ...' if len(idx) > 10 else ''}]" if len(idx) > 1 else ''))
+            raise ValueError(msg(idx[0]) + (f" [{len(idx)} boxes have this problem: "
+                                            f"{idx[:10]}{' ...' if len(idx) > 10 else ''}]" if len(idx) > 1 else ''))
     return b
 
 # %% ../../nbs/32_box.data.ipynb #c9bb9cda
@@ -74,43 +86,51 @@ def fit_boxes(boxes:torch.Tensor, # xyxy pixel boxes (..., 4) on images of `from
               method:str='letterbox', # 'letterbox', 'squash' or 'crop', as given to `fit_image`
               inverse:bool=False, # map boxes on fitted images back to the original images instead
              ) -> torch.Tensor:
-    "Move `boxes` of `from_size` images to where `fit_image(img, size, method)` puts their pixels (or back, with `inverse`)"
+    """Move `boxes` of `from_size` images to where `fit_image(img, size, method)` puts their pixels (or back, with
+    `inverse`)"""
     if method not in FIT_METHODS: raise ValueError(f"method must be one of {FIT_METHODS}, not {method!r}")
     (h, w), (th, tw) = (tuplify(from_size) * 2)[:2], (tuplify(size) * 2)[:2]
     if method == 'squash' or (h, w) == (th, tw): nh, nw, top, left = th, tw, 0, 0
     else: # fit_image's arithmetic: resize to (nh, nw), then pad (letterbox) or centre-crop as torchvision does
         s = (min if method == 'letterbox' else max)(th / h, tw / w)
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        top, left = ((th - nh) // 2, (tw - nw) // 2) if method == 'letterbox' else (-int(round((nh - th) / 2)), -int(round((nw - tw) / 2)))
+        top, left = (((th - nh) // 2, (tw - nw) // 2) if method == 'letterbox'
+                     else (-int(round((nh - th) / 2)), -int(round((nw - tw) / 2))))
     b = torch.as_tensor(boxes).float()
     scale, shift = b.new_tensor([nw / w, nh / h, nw / w, nh / h]), b.new_tensor([left, top, left, top])
     if inverse: return (b - shift) / scale
     b = b * scale + shift
-    return b if method != 'crop' else torch.min(b.clamp(min=0), b.new_tensor([tw, th, tw, th])) # the crop cuts boxes at its edges
+    # the crop cuts boxes at its edges
+    return b if method != 'crop' else torch.min(b.clamp(min=0), b.new_tensor([tw, th, tw, th]))
 
 # %% ../../nbs/32_box.data.ipynb #06791084
 def _check_box_tfms(batch_tfms):
     for t in L(batch_tfms):
         if isinstance(t, (AffineCoordTfm, RandomResizedCropGPU)):
-            raise ValueError(f"{type(t).__name__} moves boxes in fastai's [-1, 1] coordinates, but these are pixels: use compkit's "
-                             "RandomFlip, RandomPadCrop, RandomResizedCrop or RandomAffine to move boxes, and RandomLighting (or fastai's lighting transforms)")
+            raise ValueError(f"{type(t).__name__} moves boxes in fastai's [-1, 1] coordinates, but these are pixels: "
+                             f"use compkit's "
+                             "RandomFlip, RandomPadCrop, RandomResizedCrop or RandomAffine to move boxes, and "
+                             "RandomLighting (or fastai's lighting transforms)")
 
 @patch(cls_method=True)
 def from_boxes(cls:DeviceDataLoaders,
                x:torch.Tensor, # uint8 images (N, C, H, W), all of one size
                boxes, # one box per image (N, 4) in `fmt`: a tensor, array or list
-               fmt:str='xyxy', # 'xyxy' (Pascal VOC), 'xywh' (COCO), 'cxcywh'; pixels, or fractions with '_norm' ('cxcywh_norm': YOLO)
+               # 'xyxy' (Pascal VOC), 'xywh' (COCO), 'cxcywh'; pixels, or fractions with '_norm' ('cxcywh_norm': YOLO)
+               fmt:str='xyxy',
                size:int|tuple|None=None, # fit images and boxes to this size once, at ingest
                method:str='letterbox', # 'letterbox' (keeps every box whole; the default), 'squash' or 'crop'
                **kwargs): # see `from_targets`: `valid_idx`, `valid_pct`, `seed`, `bs`, `batch_tfms`, ...
-    "Loaders for single-object localization: uint8 images `x` and their `boxes`, checked, fitted to `size` together; targets are `TensorBBox` xyxy pixels"
+    """Loaders for single-object localization: uint8 images `x` and their `boxes`, checked, fitted to `size` together;
+    targets are `TensorBBox` xyxy pixels"""
     x = check_image(torch.as_tensor(x))
     if x.ndim != 4: raise ValueError(f"x must be a batch of images (N, C, H, W), not shape {tuple(x.shape)}")
     hw = tuple(x.shape[-2:])
     b = check_boxes(convert_boxes(boxes, fmt, 'xyxy', hw), hw, '' if fmt == 'xyxy' else f' (converted from {fmt})')
     _check_box_tfms(kwargs.get('batch_tfms'))
     if size is not None:
-        x, b = fit_image(x, size, method), check_boxes(fit_boxes(b, hw, size, method), size, f' (after the {method!r} fit to {size})')
+        x, b = fit_image(x, size, method), check_boxes(fit_boxes(b, hw, size, method), size,
+                                                       f' (after the {method!r} fit to {size})')
     return cls.from_targets(x, (TensorBBox(b),), method=method, **kwargs)
 
 # %% ../../nbs/32_box.data.ipynb #c75cfa17
@@ -133,7 +153,9 @@ def show_boxes(x:torch.Tensor, # images (N, C, H, W), uint8 or float in [0, 1]
     for i, ax in enumerate(axs):
         img = x[i].cpu()
         h, w = img.shape[-2:]
-        show_image(img, ax=ax, extent=(0, w, h, 0), **{'cmap': 'gray', 'interpolation': 'nearest', **kwargs}) # pixel edges on integer coordinates, as the boxes'
+        # pixel edges on integer coordinates, as the boxes'
+        show_image(img, ax=ax, extent=(0, w, h, 0), **{'cmap': 'gray', 'interpolation': 'nearest', **kwargs})
         _draw_box(ax, boxes[i].cpu(), 'lime')
-        if preds is not None: _draw_box(ax, preds[i].cpu(), 'red', linestyle='--'); ax.set_title(f'IoU {ious[i]:.2f}', fontsize=9)
+        if preds is not None: _draw_box(ax, preds[i].cpu(), 'red',
+                                        linestyle='--'); ax.set_title(f'IoU {ious[i]:.2f}', fontsize=9)
     return axs

@@ -32,7 +32,8 @@ def scaled_iou_loss(boxes1:Tensor, # predicted boxes (..., 4), xyxy pixels
                     reduction:str='none', # 'none' | 'mean' | 'sum'
                     eps:float=1e-7, # keeps a zero-area target finite
                    ) -> Tensor:
-    "`(Union - Intersection) / Area(target)` of predicted `boxes1` and target `boxes2`: the error in units of the target's area"
+    """`(Union - Intersection) / Area(target)` of predicted `boxes1` and target `boxes2`: the error in units of the
+    target's area"""
     boxes1, boxes2 = _plain(boxes1, boxes2)
     inter, area1, area2 = _inter_areas(boxes1, boxes2)
     return _reduce((area1 + area2 - 2 * inter) / (area2 + eps), reduction) # U - I = area1 + area2 - 2I
@@ -43,7 +44,8 @@ def scaled_center_loss(boxes1:Tensor, # predicted boxes (..., 4), xyxy pixels
                        reduction:str='none', # 'none' | 'mean' | 'sum'
                        eps:float=1e-7, # keeps a zero-area target finite
                       ) -> Tensor:
-    "Squared distance between the centres of `boxes1` and `boxes2` over the target's area: pulls any box, even a disjoint or inverted one, onto its target"
+    """Squared distance between the centres of `boxes1` and `boxes2` over the target's area: pulls any box, even a
+    disjoint or inverted one, onto its target"""
     boxes1, boxes2 = _plain(boxes1, boxes2)
     d = (boxes1[..., :2] + boxes1[..., 2:] - boxes2[..., :2] - boxes2[..., 2:]) / 2
     wh2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0)
@@ -52,23 +54,27 @@ def scaled_center_loss(boxes1:Tensor, # predicted boxes (..., 4), xyxy pixels
 # %% ../../nbs/31_box.losses.ipynb #da12e3d5
 class ScaledIoULoss(nn.Module):
     "`scaled_iou_loss` as a loss module: `(U - I) / Area(target)`, averaged over the batch by default"
-    def __init__(self, reduction:str='mean', # 'none' | 'mean' | 'sum'; fastai sets 'none' in `get_preds(with_loss=True)`
+    # 'none' | 'mean' | 'sum'; fastai sets 'none' in `get_preds(with_loss=True)`
+    def __init__(self, reduction:str='mean',
                  eps:float=1e-7): # keeps a zero-area target finite
         super().__init__(); store_attr()
     def forward(self, input, target): return scaled_iou_loss(input, target, self.reduction, self.eps)
 
 # %% ../../nbs/31_box.losses.ipynb #3bb1bab4
 class CompositeBoxLoss(nn.Module):
-    "`iou_weight` x scaled IoU + `l1_weight` x L1 (pixels, mean over the 4 coordinates) + `center_weight` x `scaled_center_loss`"
+    """`iou_weight` x scaled IoU + `l1_weight` x L1 (pixels, mean over the 4 coordinates) + `center_weight` x
+    `scaled_center_loss`"""
     def __init__(self, iou_weight:float=1., # weight of `scaled_iou_loss`
                  l1_weight:float=1., # weight of the L1 distance of the corners, in pixels
-                 center_weight:float=0., # weight of `scaled_center_loss`: a pull for boxes that do not overlap their target
+                 # weight of `scaled_center_loss`: a pull for boxes that do not overlap their target
+                 center_weight:float=0.,
                  reduction:str='mean', # 'none' gives one loss per box
                  eps:float=1e-7): # keeps a zero-area target finite
         super().__init__(); store_attr()
     def forward(self, input, target):
         input, target = _plain(input, target)
-        loss = self.iou_weight * scaled_iou_loss(input, target, eps=self.eps) + self.l1_weight * (input - target).abs().mean(-1)
+        loss = self.iou_weight * scaled_iou_loss(input, target,
+                                                 eps=self.eps) + self.l1_weight * (input - target).abs().mean(-1)
         if self.center_weight: loss = loss + self.center_weight * scaled_center_loss(input, target, eps=self.eps)
         return _reduce(loss, self.reduction)
 
@@ -99,22 +105,31 @@ class AccIoU(AvgMetric):
 
 # %% ../../nbs/31_box.losses.ipynb #6e9c4483
 class BoxLossSwitch(Callback):
-    "Train with the learner's loss (L1) until valid `monitor` reaches `thresh` (or epoch `at_epoch` starts), then with `composite`"
+    """Train with the learner's loss (L1) until valid `monitor` reaches `thresh` (or epoch `at_epoch` starts), then with
+    `composite`"""
     order = Recorder.order + 1 # after the Recorder: the epoch's metrics are final
-    def __init__(self, composite:nn.Module|None=None, # the loss to switch to (default `CompositeBoxLoss()`: scaled IoU + L1)
-                 thresh:float|None=0.9, # switch once valid `monitor` reaches this (the winners': 0.90 mIoU); None: only `at_epoch`
+    # the loss to switch to (default `CompositeBoxLoss()`: scaled IoU + L1)
+    def __init__(self, composite:nn.Module|None=None,
+                 # switch once valid `monitor` reaches this (the winners': 0.90 mIoU); None: only `at_epoch`
+                 thresh:float|None=0.9,
                  at_epoch:int|None=None, # switch when this epoch (0-based) starts, at the latest
                  monitor:str='mean_iou'): # the name of the metric compared with `thresh`
-        if thresh is None and at_epoch is None: raise ValueError("give a `thresh` on the valid metric, an `at_epoch`, or both")
-        if thresh is not None and not 0 <= thresh <= 1: raise ValueError(f"thresh must be a mean IoU in [0, 1], not {thresh}")
-        if at_epoch is not None and (type(at_epoch) is not int or at_epoch < 0): raise ValueError(f"at_epoch must be an epoch >= 0, not {at_epoch!r}")
-        store_attr('thresh,at_epoch,monitor'); self.composite, self.switch_epoch = ifnone(composite, CompositeBoxLoss()), None
+        if thresh is None and at_epoch is None: raise ValueError("give a `thresh` on the valid metric, an `at_epoch`, "
+                                                                 "or both")
+        if thresh is not None and not 0 <= thresh <= 1:
+            raise ValueError(f"thresh must be a mean IoU in [0, 1], not {thresh}")
+        if at_epoch is not None and (type(at_epoch) is not int
+                                     or at_epoch < 0): raise ValueError(f"at_epoch must be an epoch >= 0, not "
+                                                                        f"{at_epoch!r}")
+        store_attr('thresh,at_epoch,monitor')
+        self.composite, self.switch_epoch = ifnone(composite, CompositeBoxLoss()), None
     def before_fit(self): self.run, self.old_loss = not lr_find_or_preds(self.learn), None
     def before_train(self):
         if self.old_loss is None: self._start()
         if self.at_epoch is not None and self.epoch >= self.at_epoch: self._switch(self.epoch)
     def _start(self):
-        "The first training phase of a fit (`validate` runs the fit events too, but trains nothing): check the metric, keep the loss"
+        """The first training phase of a fit (`validate` runs the fit events too, but trains nothing): check the metric,
+        keep the loss"""
         names = [getattr(m, 'name', None) for m in self.learn.metrics]
         if self.thresh is not None and self.monitor not in names:
             raise ValueError(f"BoxLossSwitch watches {self.monitor!r}, which is not among the metrics {names}: "

@@ -19,19 +19,24 @@ __all__ = ['BoxHead', 'swap_act', 'box_learner']
 
 # %% ../../nbs/33_box.model.ipynb #4c46a9b1
 class BoxHead(nn.Module):
-    "Regress one box, xyxy pixels of a `size` image, from a feature map: `pool`='flatten' keeps where each feature is, 'avg' pools it away"
+    """Regress one box, xyxy pixels of a `size` image, from a feature map: `pool`='flatten' keeps where each feature is,
+    'avg' pools it away"""
     def __init__(self, nf:int, # channels of the body's feature map
                  feat_hw:tuple, # (h, w) of the body's feature map at the training size
                  size:tuple, # (h, w) of the training images: the outputs are pixels of them
-                 pool:str='flatten', # 'flatten' (every position has its own weights: the winners') or 'avg' (global average pooling first)
+                 # 'flatten' (every position has its own weights: the winners') or 'avg' (global average pooling first)
+                 pool:str='flatten',
                  p:float=0., # dropout before the linear layer
-                 prior=None, # the box a zero output stands for, (x1, y1, x2, y2) as fractions of the image; default the centred half
+                 # the box a zero output stands for, (x1, y1, x2, y2) as fractions of the image; default the centred
+                 # half
+                 prior=None,
                 ):
         super().__init__()
         if pool not in ('flatten', 'avg'): raise ValueError(f"pool must be 'flatten' or 'avg', not {pool!r}")
         self.pool = nn.Flatten() if pool == 'flatten' else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.drop, self.fc = nn.Dropout(p), nn.Linear(nf * (feat_hw[0] * feat_hw[1] if pool == 'flatten' else 1), 4)
-        nn.init.zeros_(self.fc.weight); nn.init.zeros_(self.fc.bias) # first predictions: the prior, not noise of half an image
+        # first predictions: the prior, not noise of half an image
+        nn.init.zeros_(self.fc.weight); nn.init.zeros_(self.fc.bias)
         h, w = size
         self.feat_hw = tuple(feat_hw)
         self.register_buffer('scale', torch.tensor([w, h, w, h], dtype=torch.float32))
@@ -45,10 +50,12 @@ class BoxHead(nn.Module):
 
 # %% ../../nbs/33_box.model.ipynb #8eb59f26
 def swap_act(m:nn.Module, # any model; changed in place
-             act=nn.SELU, # the new activation: a module class, or any callable making one (`partial(nn.LeakyReLU, 0.1)`)
+             # the new activation: a module class, or any callable making one (`partial(nn.LeakyReLU, 0.1)`)
+             act=nn.SELU,
              old=nn.ReLU, # the activation module class(es) to replace
             ) -> nn.Module:
-    "Replace every `old` activation module of `m` by a fresh `act()`, in place: ReLU -> SELU, LeakyReLU, ... in any model"
+    """Replace every `old` activation module of `m` by a fresh `act()`, in place: ReLU -> SELU, LeakyReLU, ... in any
+    model"""
     for name, c in m.named_children():
         if isinstance(c, old): setattr(m, name, act())
         else: swap_act(c, act, old)
@@ -56,31 +63,39 @@ def swap_act(m:nn.Module, # any model; changed in place
 
 # %% ../../nbs/33_box.model.ipynb #fc8dd396
 def _feature_shape(body, x):
-    "Shape (C, h, w) of `body`'s features for one input like `x`, computed in eval mode (BatchNorm statistics untouched)"
+    """Shape (C, h, w) of `body`'s features for one input like `x`, computed in eval mode (BatchNorm statistics
+    untouched)"""
     training, dev = body.training, next(body.parameters(), torch.empty(0)).device
     with torch.no_grad(): f = body.eval()(x.as_subclass(Tensor).to(dev))
     body.train(training)
-    if f.ndim != 4: raise ValueError(f"the body gives features of shape {tuple(f.shape)}; a box head needs a feature map (N, C, h, w): pass a body without its pooling")
+    if f.ndim != 4: raise ValueError(f"the body gives features of shape {tuple(f.shape)}; a box head needs a feature "
+                                     f"map (N, C, h, w): pass a body without its pooling")
     return f.shape[1:]
 
 def box_learner(dls, # box `DataLoaders` (`DeviceDataLoaders.from_boxes`): batches of (images, TensorBBox in pixels)
                 arch:str|nn.Module='resnet10t', # a timm model name, or a body module giving a feature map (N, C, h, w)
                 pool:str='flatten', # `BoxHead`'s pooling: 'flatten' (no global average pooling) or 'avg'
-                act=None, # swap the model's ReLUs for this activation (`nn.SELU`, `partial(nn.LeakyReLU, 0.1)`); None keeps them
-                loss_func=None, # default fastai's `L1LossFlat()` (pixels); add `BoxLossSwitch` to move to scaled IoU + L1
+                # swap the model's ReLUs for this activation (`nn.SELU`, `partial(nn.LeakyReLU, 0.1)`); None keeps them
+                act=None,
+                # default fastai's `L1LossFlat()` (pixels); add `BoxLossSwitch` to move to scaled IoU + L1
+                loss_func=None,
                 metrics=None, # default `[mean_iou, AccIoU(0.5), AccIoU(0.75)]`
                 p:float=0., # dropout in the head
                 **kwargs, # passed to `timm_learner` (`weights`, `cbs`, `opt_func`, ...)
                ) -> Learner:
-    "A fastai `Learner` regressing one box per image: timm body (or `arch` module) + `BoxHead(pool)`, L1 loss and IoU metrics"
+    """A fastai `Learner` regressing one box per image: timm body (or `arch` module) + `BoxHead(pool)`, L1 loss and IoU
+    metrics"""
     xb, yb = dls.one_batch()[:2]
     size = tuple(xb.shape[-2:])
     body = TimmBody(timm.create_model(arch, num_classes=0, in_chans=xb.shape[1])) if isinstance(arch, str) else arch
     nf, fh, fw = _feature_shape(body, xb[:1])
-    prior = yb.as_subclass(Tensor).float().mean(0).cpu() / torch.tensor([size[1], size[0]] * 2) # start at the mean training box
+    # start at the mean training box
+    prior = yb.as_subclass(Tensor).float().mean(0).cpu() / torch.tensor([size[1], size[0]] * 2)
     head = BoxHead(nf, (fh, fw), size, pool, p, prior)
-    kwargs = dict(loss_func=ifnone(loss_func, L1LossFlat()), metrics=ifnone(metrics, [mean_iou, AccIoU(0.5), AccIoU(0.75)]), **kwargs)
-    if isinstance(arch, str): learn = timm_learner(dls, arch, n_out=4, custom_head=head, init=None, **kwargs) # `body` was only measured
+    kwargs = dict(loss_func=ifnone(loss_func, L1LossFlat()),
+                  metrics=ifnone(metrics, [mean_iou, AccIoU(0.5), AccIoU(0.75)]), **kwargs)
+    # `body` was only measured
+    if isinstance(arch, str): learn = timm_learner(dls, arch, n_out=4, custom_head=head, init=None, **kwargs)
     else: learn = timm_learner(dls, nn.Sequential(body, head), **kwargs)
     if act is not None: swap_act(learn.model, act)
     return learn
@@ -90,7 +105,8 @@ def box_learner(dls, # box `DataLoaders` (`DeviceDataLoaders.from_boxes`): batch
 def show_box_results(self:Learner, ds_idx:int=1, # 1: the validation set, 0: the training set (augmented)
                      max_n:int=9, # images to show, from the first batch
                      **kwargs): # passed to `show_boxes`: `ncols`, `figsize`, ...
-    "Show the first `max_n` images of `ds_idx` with true (green) and predicted (red, dashed) boxes, titled with each IoU"
+    """Show the first `max_n` images of `ds_idx` with true (green) and predicted (red, dashed) boxes, titled with each
+    IoU"""
     dl = self.dls[ds_idx].new(shuffle=False)
     b = dl.one_batch()
     preds, targs = self.get_preds(dl=[b])

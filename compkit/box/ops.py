@@ -12,13 +12,17 @@ __all__ = ['paired_box_iou', 'box_iou']
 
 # %% ../../nbs/30_box.ops.ipynb #178c7fe9
 def _plain(*boxes):
-    "The boxes as plain float tensors: fastai's tensor types dropped, half precision upcast (pixel areas overflow float16)"
-    return [b.as_subclass(Tensor) if b.dtype in (torch.float32, torch.float64) else b.as_subclass(Tensor).float() for b in boxes]
+    """The boxes as plain float tensors: fastai's tensor types dropped, half precision upcast (pixel areas overflow
+    float16)"""
+    return [b.as_subclass(Tensor) if b.dtype in (torch.float32,
+                                                 torch.float64) else b.as_subclass(Tensor).float() for b in boxes]
 
 def _inter_areas(boxes1, boxes2):
     "Intersection and the two areas of paired xyxy boxes (broadcasting); an inverted or empty box has area 0"
-    (x1, y1, x2, y2), (x1g, y1g, x2g, y2g) = boxes1.unbind(-1), boxes2.unbind(-1) # per coordinate: faster than (..., 2) slices
-    inter = (torch.min(x2, x2g) - torch.max(x1, x1g)).clamp(min=0) * (torch.min(y2, y2g) - torch.max(y1, y1g)).clamp(min=0)
+    # per coordinate: faster than (..., 2) slices
+    (x1, y1, x2, y2), (x1g, y1g, x2g, y2g) = boxes1.unbind(-1), boxes2.unbind(-1)
+    inter = (torch.min(x2, x2g) - torch.max(x1, x1g)).clamp(min=0) * (torch.min(y2,
+                                                                                y2g) - torch.max(y1, y1g)).clamp(min=0)
     return inter, (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0), (x2g - x1g).clamp(min=0) * (y2g - y1g).clamp(min=0)
 
 
@@ -36,5 +40,6 @@ def paired_box_iou(boxes1:Tensor, # boxes (..., 4), xyxy
 def box_iou(boxes1:Tensor, # N boxes (..., N, 4), xyxy
             boxes2:Tensor, # M boxes (..., M, 4), xyxy
            ) -> Tensor:
-    "Pairwise IoU (..., N, M) of `boxes1` and `boxes2`, as torchvision's `box_iou`, with empty or inverted boxes scoring 0"
+    """Pairwise IoU (..., N, M) of `boxes1` and `boxes2`, as torchvision's `box_iou`, with empty or inverted boxes
+    scoring 0"""
     return paired_box_iou(boxes1[..., :, None, :], boxes2[..., None, :, :])

@@ -13,23 +13,28 @@ __all__ = ['MacroRecall', 'per_class_accuracy']
 
 # %% ../../nbs/22_classify.metrics.ipynb #462842f8
 def _class_counts(pred:torch.Tensor, targ:torch.Tensor, c:int) -> torch.Tensor:
-    "Per class of `c`: correct predictions, targets, predictions, as a (3, c) tensor on the data's device (no host round trip)"
+    """Per class of `c`: correct predictions, targets, predictions, as a (3, c) tensor on the data's device (no host
+    round trip)"""
     counts = torch.zeros(3, c, device=targ.device)
     ones = torch.ones(len(targ), device=targ.device)
-    counts[0].index_add_(0, targ, (pred == targ).float()); counts[1].index_add_(0, targ, ones); counts[2].index_add_(0, pred, ones)
+    counts[0].index_add_(0, targ, (pred == targ).float()); counts[1].index_add_(0, targ, ones)
+    counts[2].index_add_(0, pred, ones)
     return counts
 
 def _macro_recall(counts:torch.Tensor) -> torch.Tensor:
-    "scikit-learn's macro recall from `_class_counts`: the mean over the classes seen as targets or predictions (0 for the latter)"
+    """scikit-learn's macro recall from `_class_counts`: the mean over the classes seen as targets or predictions (0 for
+    the latter)"""
     seen = (counts[1] > 0) | (counts[2] > 0)
     return (counts[0] / counts[1].clamp_min(1)).sum() / seen.sum()
 
 class MacroRecall(Metric):
-    "Macro-averaged recall of one head (`head`), or of every head averaged with `weights`: Bengali.AI's metric, accumulated on the device"
+    """Macro-averaged recall of one head (`head`), or of every head averaged with `weights`: Bengali.AI's metric,
+    accumulated on the device"""
     def __init__(self,
                  head:int|None=None, # the head to score; None: all of them (the only one of a single-head model)
                  weights:list|None=None, # with `head=None`, each head's weight (default equal); Bengali.AI's was 2:1:1
-                 name:str|None=None, # the column's name in the training table (default `macro_recall` or `macro_recall_{head}`)
+                 # the column's name in the training table (default `macro_recall` or `macro_recall_{head}`)
+                 name:str|None=None,
                 ):
         self.head, self.weights = head, weights
         self._name = name or ('macro_recall' if head is None else f'macro_recall_{head}')
@@ -39,15 +44,18 @@ class MacroRecall(Metric):
         preds = learn.pred if isinstance(learn.pred, (tuple, list)) else (learn.pred,)
         heads = range(len(preds)) if self.head is None else [self.head]
         for h in heads:
-            if learn.yb[h].is_floating_point(): raise ValueError(f"MacroRecall needs class-index targets; target {h} of the batch is float (soft or multi-hot)")
-        counts = [_class_counts(preds[h].argmax(-1).flatten(), learn.yb[h].flatten(), preds[h].shape[-1]) for h in heads]
+            if learn.yb[h].is_floating_point(): raise ValueError(f"MacroRecall needs class-index targets; target {h} "
+                                                                 f"of the batch is float (soft or multi-hot)")
+        counts = [_class_counts(preds[h].argmax(-1).flatten(), learn.yb[h].flatten(),
+                                preds[h].shape[-1]) for h in heads]
         self.counts = counts if self.counts is None else [a + b for a, b in zip(self.counts, counts)]
     @property
     def value(self):
         if self.counts is None: return None
         scores = torch.stack([_macro_recall(c) for c in self.counts])
         w = torch.ones(len(scores)) if self.weights is None else torch.as_tensor(self.weights, dtype=torch.float)
-        if len(w) != len(scores): raise ValueError(f"MacroRecall has {len(w)} weights but the model has {len(scores)} heads")
+        if len(w) != len(scores):
+            raise ValueError(f"MacroRecall has {len(w)} weights but the model has {len(scores)} heads")
         return float((scores.cpu() * w).sum() / w.sum())
     @property
     def name(self): return self._name

@@ -22,20 +22,24 @@ __all__ = ['cutmix_weights', 'MixUpCutMix', 'MixUp', 'CutMix']
 
 # %% ../../nbs/20_classify.mixup.ipynb #bc7e4417
 def _span(cut:torch.Tensor, n:int) -> torch.Tensor:
-    "A random interval of `cut*n` positions of `0..n-1`, centred uniformly and clipped at the ends, per value of `cut`, as a boolean mask (len(cut), n)"
+    """A random interval of `cut*n` positions of `0..n-1`, centred uniformly and clipped at the ends, per value of
+    `cut`, as a boolean mask (len(cut), n)"""
     size = (cut * n).long()
-    lo = torch.randint(0, n, cut.shape, device=cut.device) - size // 2 # timm's box: centre - size//2 up to centre + (size+1)//2
+    # timm's box: centre - size//2 up to centre + (size+1)//2
+    lo = torch.randint(0, n, cut.shape, device=cut.device) - size // 2
     pos = torch.arange(n, device=cut.device)
     return (pos >= lo[:, None]) & (pos < (lo + size)[:, None])
 
 def cutmix_weights(lam:torch.Tensor, # (n,) the share of each image to keep, on the batch's device
                    size:tuple, # (height, width) of the images
                   ) -> tuple:
-    "Pixel weights (n,1,h,w) with a random box of about `1-lam` of the image (`size`) at 0, 1 elsewhere; and `lam` corrected to the area kept"
+    """Pixel weights (n,1,h,w) with a random box of about `1-lam` of the image (`size`) at 0, 1 elsewhere; and `lam`
+    corrected to the area kept"""
     h, w = size
     cut = (1 - lam).sqrt()
     rows, cols = _span(cut, h).to(lam.dtype), _span(cut, w).to(lam.dtype)
-    return 1 - rows[:, None, :, None] * cols[:, None, None, :], 1 - rows.sum(1) * cols.sum(1) / (h * w) # floats: 5x faster than boolean ops on CPU
+    # floats: 5x faster than boolean ops on CPU
+    return 1 - rows[:, None, :, None] * cols[:, None, None, :], 1 - rows.sum(1) * cols.sum(1) / (h * w)
 
 # %% ../../nbs/20_classify.mixup.ipynb #4f6d4868
 @functools.cache
@@ -52,15 +56,18 @@ def _per_item(lam:torch.Tensor, t:torch.Tensor) -> torch.Tensor|float:
     return lam.view(-1, *[1] * (t.ndim - 1)).to(t.dtype)
 
 def _box(lam:float, size:tuple, rng:np.random.Generator) -> tuple:
-    "A box (top, bottom, left, right) of about `1-lam` of an image of `size`, drawn on the host as `cutmix_weights` draws one"
+    """A box (top, bottom, left, right) of about `1-lam` of an image of `size`, drawn on the host as `cutmix_weights`
+    draws one"""
     cut = (1 - lam) ** 0.5
     (ty, tx), (h, w) = (int(n * cut) for n in size), size
-    y, x = int(rng.integers(h)) - ty // 2, int(rng.integers(w)) - tx // 2 # a uniform centre; the box clipped at the edges
+    # a uniform centre; the box clipped at the edges
+    y, x = int(rng.integers(h)) - ty // 2, int(rng.integers(w)) - tx // 2
     return max(y, 0), min(y + ty, h), max(x, 0), min(x + tx, w)
 
 def _loss(lf, pred:torch.Tensor, yb:tuple) -> torch.Tensor:
     "`lf(pred, *yb)`; for a fastai `BaseLoss` of class indices on (N, C) outputs, its PyTorch loss called directly"
-    # BaseLoss's reshaping is the identity there, but its 7 calls through fastai's tensor type made its CrossEntropyLossFlat
+    # BaseLoss's reshaping is the identity there, but its 7 calls through fastai's tensor type made its
+    # CrossEntropyLossFlat
     # 187 µs against PyTorch's 73 µs on an H200: most of what MixUp added to a step beyond timm
     y = yb[0]
     if (len(yb) == 1 and isinstance(lf, BaseLoss) and lf.flatten and lf.is_2d and not lf.floatify and lf.axis in (-1, 1)
@@ -69,8 +76,10 @@ def _loss(lf, pred:torch.Tensor, yb:tuple) -> torch.Tensor:
 
 # %% ../../nbs/20_classify.mixup.ipynb #141fa68c
 class MixUpCutMix(Callback):
-    "Mix each training batch with a shuffled copy of itself by MixUp (`mixup_alpha`) or CutMix (`cutmix_alpha`), switching with `switch_prob`, per batch or per image (`mode`)"
-    # before GradientAccumulation's after_loss (which scales the mixed loss), fastai's CastToTensor (which strips the target
+    """Mix each training batch with a shuffled copy of itself by MixUp (`mixup_alpha`) or CutMix (`cutmix_alpha`),
+    switching with `switch_prob`, per batch or per image (`mode`)"""
+    # before GradientAccumulation's after_loss (which scales the mixed loss), fastai's CastToTensor (which strips the
+    # target
     # types that tell boxes from classes) and MixedPrecision's autocast (so the batch is mixed in fp32)
     order, run_valid = GradientAccumulation.order - 1, False
     def __init__(self,
@@ -78,15 +87,20 @@ class MixUpCutMix(Callback):
                  cutmix_alpha:float=1.0, # CutMix's λ ~ Beta(α, α); 0 turns CutMix off
                  switch_prob:float=0.5, # chance of CutMix rather than MixUp, when both are on
                  mode:str='batch', # 'batch': one λ (and box) for the whole batch; 'elem': one per image
-                 stop_at:float|int|None=None, # clean data from this fraction of training (a float) or this epoch (an int) on
-                 seed:int|None=None, # seeds this callback's draws; None: a seed drawn from torch's at each fit (`seed_everything` fixes it)
+                 # clean data from this fraction of training (a float) or this epoch (an int) on
+                 stop_at:float|int|None=None,
+                 # seeds this callback's draws; None: a seed drawn from torch's at each fit (`seed_everything` fixes it)
+                 seed:int|None=None,
                 ):
         if min(mixup_alpha, cutmix_alpha) < 0 or mixup_alpha == cutmix_alpha == 0:
-            raise ValueError(f"mixup_alpha ({mixup_alpha}) and cutmix_alpha ({cutmix_alpha}) must be >= 0, and one of them > 0")
+            raise ValueError(f"mixup_alpha ({mixup_alpha}) and cutmix_alpha ({cutmix_alpha}) must be >= 0, and one of "
+                             f"them > 0")
         if not 0 <= switch_prob <= 1: raise ValueError(f"switch_prob must be a probability in [0, 1], not {switch_prob}")
         if mode not in ('batch', 'elem'): raise ValueError(f"mode must be 'batch' or 'elem', not {mode!r}")
-        if not (stop_at is None or (type(stop_at) is int and stop_at >= 1) or (type(stop_at) is float and 0 < stop_at <= 1)):
-            raise ValueError(f"stop_at must be a fraction of training in (0, 1] (a float) or an epoch >= 1 (an int), not {stop_at!r}")
+        if not (stop_at is None or (type(stop_at) is int and stop_at >= 1) or (type(stop_at) is float
+                                                                               and 0 < stop_at <= 1)):
+            raise ValueError(f"stop_at must be a fraction of training in (0, 1] (a float) or an epoch >= 1 (an int), "
+                             f"not {stop_at!r}")
         store_attr()
         self.lam = self.yb1 = self._rng = None
 
@@ -95,7 +109,8 @@ class MixUpCutMix(Callback):
         self.run, self.lam, self.yb1 = not lr_find_or_preds(self.learn), None, None
         self.reseed()
         if self.mode == 'elem' and not _can_unreduce(self.learn.loss_func):
-            raise ValueError(f"mode='elem' needs a loss that can give one value per item (a `reduction` attribute or argument); {self.learn.loss_func!r} has none: use mode='batch'")
+            raise ValueError(f"mode='elem' needs a loss that can give one value per item (a `reduction` attribute or "
+                             f"argument); {self.learn.loss_func!r} has none: use mode='batch'")
 
     def after_train(self):
         "Let go of the last batch's partners (the `Learner`'s loss function is never replaced: nothing else to restore)"
@@ -110,7 +125,8 @@ class MixUpCutMix(Callback):
         return self.epoch < self.stop_at if type(self.stop_at) is int else self.pct_train < self.stop_at
 
     def reseed(self, seed:int|None=None): # default: the callback's `seed`, else one drawn from torch's generator
-        "Start this callback's draws afresh: a host generator for the per-batch λ and box, device generators for the partners"
+        """Start this callback's draws afresh: a host generator for the per-batch λ and box, device generators for the
+        partners"""
         seed = seed if seed is not None else self.seed if self.seed is not None else draw_seed()
         self._rng, self._gens = np.random.default_rng(seed), {}
 
@@ -147,24 +163,31 @@ def draw(self:MixUpCutMix, x:torch.Tensor, # the batch's images
 def mix(self:MixUpCutMix, x:torch.Tensor, # the batch's images (N, ...); (N, C, H, W) for CutMix
         yb:tuple, # the batch's targets, one tensor per target (per head)
        ) -> tuple:
-    "Mix images `x` and targets `yb`: the mixed images, the targets (float ones mixed), the partners' targets for the loss (None when all are float), `lam`"
+    """Mix images `x` and targets `yb`: the mixed images, the targets (float ones mixed), the partners' targets for the
+    loss (None when all are float), `lam`"""
     for i, y in enumerate(yb):
         if isinstance(y, (TensorPoint, TensorMask)): # TensorBBox is a TensorPoint
-            raise ValueError(f"target {i} of the batch is a {type(y).__name__}: the mix of two images' boxes, points or masks is not one; "
+            raise ValueError(f"target {i} of the batch is a {type(y).__name__}: the mix of two images' boxes, points "
+                             f"or masks is not one; "
                              f"{type(self).__name__} is for classification targets, so remove it from this Learner")
-    if self.cutmix_alpha and x.ndim != 4: raise ValueError(f"CutMix pastes boxes of images (N, C, H, W); the input has shape {tuple(x.shape)}")
+    if self.cutmix_alpha and x.ndim != 4: raise ValueError(f"CutMix pastes boxes of images (N, C, H, W); the input has "
+                                                           f"shape {tuple(x.shape)}")
     x_type, y_types = type(x), [type(y) for y in yb]
-    x, yb = _plain(x), [_plain(y) for y in yb] # fastai's tensor types cost a Python call per operation: computed on plain tensors
+    # fastai's tensor types cost a Python call per operation: computed on plain tensors
+    x, yb = _plain(x), [_plain(y) for y in yb]
     perm, w, lam = self.draw(x)
-    if isinstance(w, tuple): # one box: the partners' box pasted into the batch in place, as fastai's and timm's CutMix do
+    # one box: the partners' box pasted into the batch in place, as fastai's and timm's CutMix do
+    if isinstance(w, tuple):
         t, b, l, r = w
         x[..., t:b, l:r] = x[..., t:b, l:r].index_select(0, perm)
         xm = x
-    else: xm = x.index_select(0, perm).lerp_(x, w if isinstance(w, float) else w.to(x.dtype)) # the partners' copy is the output
+    # the partners' copy is the output
+    else: xm = x.index_select(0, perm).lerp_(x, w if isinstance(w, float) else w.to(x.dtype))
     ym = [y.index_select(0, perm).lerp_(y, _per_item(lam, y)) if y.is_floating_point() else y for y in yb]
     partner = [m if y.is_floating_point() else y.index_select(0, perm) for y, m in zip(yb, ym)]
     typed = lambda ys: tuple(y.as_subclass(t) for y, t in zip(ys, y_types))
-    return xm.as_subclass(x_type), typed(ym), typed(partner) if any(not y.is_floating_point() for y in yb) else None, lam
+    return xm.as_subclass(x_type), typed(ym), typed(partner) if any(not y.is_floating_point()
+                                                                    for y in yb) else None, lam
 
 @patch
 def before_batch(self:MixUpCutMix):
@@ -189,10 +212,13 @@ def mixed_loss(self:MixUpCutMix, lf, # the loss function, as the `Learner` calls
                yb:tuple, # the targets `mix` returned
                loss:torch.Tensor|None=None, # `lf(pred, *yb)`, when fastai has computed it already
               ) -> torch.Tensor:
-    "`lf`'s loss of a mixed batch: on the images' own targets `yb` (`loss`, if computed already) and on their partners' `yb1`, weighted by `lam`"
-    if self.lam.numel() == 1: # one λ: mix the losses as reduced (a class-weighted mean stays one: the partners are a permutation)
+    """`lf`'s loss of a mixed batch: on the images' own targets `yb` (`loss`, if computed already) and on their
+    partners' `yb1`, weighted by `lam`"""
+    # one λ: mix the losses as reduced (a class-weighted mean stays one: the partners are a permutation)
+    if self.lam.numel() == 1:
         l = lf(pred, *yb) if loss is None else loss
-        return torch.lerp(_loss(lf, pred, self.yb1), l, _per_item(self.lam, l) if self.lam.is_cpu else self.lam[0].to(l.dtype))
+        return torch.lerp(_loss(lf, pred, self.yb1), l,
+                          _per_item(self.lam, l) if self.lam.is_cpu else self.lam[0].to(l.dtype))
     with NoneReduce(lf) as nlf: l, l1 = _loss(nlf, pred, yb), _loss(nlf, pred, self.yb1)
     n = len(self.lam)
     # reshape, not view: per-pixel losses of channels_last predictions need not be contiguous
@@ -208,20 +234,24 @@ def _can_unreduce(lf) -> bool:
 class MixUp(MixUpCutMix):
     "MixUp (Zhang et al. 2018): each image and its targets blended with a partner's by λ ~ Beta(`alpha`, `alpha`)"
     def __init__(self,
-                 alpha:float=0.4, # 0.1-0.4 for ImageNet in the paper (1 for CIFAR-10); timm's ImageNet recipe uses 0.8 with CutMix
+                 # 0.1-0.4 for ImageNet in the paper (1 for CIFAR-10); timm's ImageNet recipe uses 0.8 with CutMix
+                 alpha:float=0.4,
                  mode:str='batch', # 'batch': one λ for the batch; 'elem': one per image
-                 stop_at:float|int|None=None, # clean data from this fraction of training (a float) or this epoch (an int) on
+                 # clean data from this fraction of training (a float) or this epoch (an int) on
+                 stop_at:float|int|None=None,
                  seed:int|None=None, # seeds the draws; None: a seed from torch's generator at each fit
                 ):
         super().__init__(mixup_alpha=alpha, cutmix_alpha=0., mode=mode, stop_at=stop_at, seed=seed)
 
 # %% ../../nbs/20_classify.mixup.ipynb #38ace751
 class CutMix(MixUpCutMix):
-    "CutMix (Yun et al. 2019): a box of a partner pasted into each image, targets weighted by area, λ ~ Beta(`alpha`, `alpha`)"
+    """CutMix (Yun et al. 2019): a box of a partner pasted into each image, targets weighted by area, λ ~ Beta(`alpha`,
+    `alpha`)"""
     def __init__(self,
                  alpha:float=1.0, # 1.0 (λ uniform) in the paper and in timm
                  mode:str='batch', # 'batch': one box for the batch; 'elem': one per image
-                 stop_at:float|int|None=None, # clean data from this fraction of training (a float) or this epoch (an int) on
+                 # clean data from this fraction of training (a float) or this epoch (an int) on
+                 stop_at:float|int|None=None,
                  seed:int|None=None, # seeds the draws; None: a seed from torch's generator at each fit
                 ):
         super().__init__(mixup_alpha=0., cutmix_alpha=alpha, mode=mode, stop_at=stop_at, seed=seed)

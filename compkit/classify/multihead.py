@@ -15,28 +15,35 @@ __all__ = ['MultiHeadLoss', 'MultiHead']
 
 # %% ../../nbs/21_classify.multihead.ipynb #e0f8ede1
 class MultiHeadLoss:
-    "The loss of a model with several heads: `losses[i]` on head i's output and the batch's target i, summed with per-head `weights`"
+    """The loss of a model with several heads: `losses[i]` on head i's output and the batch's target i, summed with
+    per-head `weights`"""
     def __init__(self,
-                 losses:list, # one loss per head: `CrossEntropyLossFlat()`, `FocalLossFlat()`, `BCEWithLogitsLossFlat()`, ...
-                 weights:list|None=None, # each head's weight in the sum (default 1 each), e.g. 2:1:1 to match Bengali.AI's metric
+                 # one loss per head: `CrossEntropyLossFlat()`, `FocalLossFlat()`, `BCEWithLogitsLossFlat()`, ...
+                 losses:list,
+                 # each head's weight in the sum (default 1 each), e.g. 2:1:1 to match Bengali.AI's metric
+                 weights:list|None=None,
                  reduction:str='mean', # 'mean': each head's own reduction; 'none': one loss per item; 'sum': their sum
                 ):
         self.losses, self.weights, self.reduction = list(losses), list(weights or [1.] * len(losses)), reduction
-        if len(self.weights) != len(self.losses): raise ValueError(f"{len(self.losses)} losses but {len(self.weights)} weights: give one weight per head")
+        if len(self.weights) != len(self.losses):
+            raise ValueError(f"{len(self.losses)} losses but {len(self.weights)} weights: give one weight per head")
 
     def __call__(self, preds, # the model's outputs, a tuple with one per head
                  *yb): # the batch's targets, one per head
         if not isinstance(preds, (tuple, list)) or len(preds) != len(self.losses) or len(yb) != len(self.losses):
             n = len(preds) if isinstance(preds, (tuple, list)) else 'a single tensor'
-            raise ValueError(f"MultiHeadLoss has {len(self.losses)} losses but the model returned {n} outputs and the batch has {len(yb)} "
+            raise ValueError(f"MultiHeadLoss has {len(self.losses)} losses but the model returned {n} outputs and the "
+                             f"batch has {len(yb)} "
                              "targets: give one loss per head, and a model returning a tuple of one output per target")
         heads = zip(self.weights, self.losses, preds, yb)
-        if self.reduction == 'mean': return sum(w * lf(p, y) for w, lf, p, y in heads) # each head's own mean: a class-weighted one stays one
+        # each head's own mean: a class-weighted one stays one
+        if self.reduction == 'mean': return sum(w * lf(p, y) for w, lf, p, y in heads)
         return reduce_loss(sum(w * _per_item(lf, p, y) for w, lf, p, y in heads), self.reduction)
 
     def activation(self, preds): return tuple(getcallable(lf, 'activation')(p) for lf, p in zip(self.losses, preds))
     def decodes(self, preds): return tuple(getcallable(lf, 'decodes')(p) for lf, p in zip(self.losses, preds))
-    def __repr__(self): return f"MultiHeadLoss({', '.join(f'{w:g} * {lf!r}' for w, lf in zip(self.weights, self.losses))})"
+    def __repr__(self):
+        return f"MultiHeadLoss({', '.join(f'{w:g} * {lf!r}' for w, lf in zip(self.weights, self.losses))})"
 
 def _per_item(lf, p, y):
     "`lf`'s loss of each item of head output `p`: fastai's flat losses give one per element; average them per item"
@@ -45,19 +52,23 @@ def _per_item(lf, p, y):
 
 # %% ../../nbs/21_classify.multihead.ipynb #459f461b
 class MultiHead(nn.Module):
-    "A timm body (`arch`) with one linear head per entry of `n_outs` on its pooled features, returning a tuple of outputs"
+    """A timm body (`arch`) with one linear head per entry of `n_outs` on its pooled features, returning a tuple of
+    outputs"""
     def __init__(self,
                  arch:str|nn.Module, # a timm model name, or a timm model (its classifier is removed)
                  n_outs:tuple, # the number of outputs of each head, e.g. (168, 11, 7)
                  n_in:int=3, # input channels, for a model name (timm adapts a pretrained stem)
                  drop:float=0., # dropout on the pooled features, before the heads
-                 **kwargs, # passed to `timm.create_model`: `pretrained`, `pretrained_cfg_overlay=dict(file=...)`, `drop_path_rate`, ...
+                 # passed to `timm.create_model`: `pretrained`, `pretrained_cfg_overlay=dict(file=...)`,
+                 # `drop_path_rate`, ...
+                 **kwargs,
                 ):
         super().__init__()
         if isinstance(arch, str): arch = timm.create_model(arch, num_classes=0, in_chans=n_in, **kwargs)
         else: arch.reset_classifier(0)
         self.body, self.drop = arch, nn.Dropout(drop)
-        nf = getattr(arch, 'head_hidden_size', None) or arch.num_features # what timm's features are after its head's hidden layers, if any
+        # what timm's features are after its head's hidden layers, if any
+        nf = getattr(arch, 'head_hidden_size', None) or arch.num_features
         self.heads = nn.ModuleList(nn.Linear(nf, n) for n in n_outs)
 
     def forward(self, x):

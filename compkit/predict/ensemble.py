@@ -23,14 +23,17 @@ def ensemble_preds(preds:list, # each model's predictions (N, ...) of the same i
                    method:str='mean', # 'mean', 'gmean' (geometric mean) or 'rank' (mean of each column's ranks)
                   ) -> torch.Tensor:
     "Combine several models' `preds` by their weighted `method`: arithmetic mean, geometric mean or rank average"
-    if method not in ('mean', 'gmean', 'rank'): raise ValueError(f"method must be 'mean', 'gmean' or 'rank', not {method!r}")
+    if method not in ('mean', 'gmean', 'rank'):
+        raise ValueError(f"method must be 'mean', 'gmean' or 'rank', not {method!r}")
     if not len(preds): raise ValueError("preds is empty: give one prediction tensor per model")
     p = [torch.as_tensor(o) for o in preds]
     for i, o in enumerate(p):
-        if o.shape != p[0].shape: raise ValueError(f"preds[{i}] has shape {tuple(o.shape)} but preds[0] has {tuple(p[0].shape)}: all must predict the same items")
+        if o.shape != p[0].shape: raise ValueError(f"preds[{i}] has shape {tuple(o.shape)} but preds[0] has "
+                                                   f"{tuple(p[0].shape)}: all must predict the same items")
     p = torch.stack(p)
     w = torch.as_tensor(ifnone(weights, [1.] * len(p))).to(p)
-    if w.shape != (len(p),) or (w < 0).any() or w.sum() <= 0: raise ValueError(f"weights must be {len(p)} numbers >= 0 with a positive sum, not {weights}")
+    if w.shape != (len(p),) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be {len(p)} numbers >= 0 with a positive sum, not {weights}")
     w = (w / w.sum()).view(-1, *[1] * (p.ndim - 1))
     if method == 'rank': p = torch.stack([_ranks(o) for o in p])
     return (w * p.log()).sum(0).exp() if method == 'gmean' else (w * p).sum(0)
@@ -44,10 +47,14 @@ def _log_loss(p, t, eps=1e-7):
 def fit_weights(preds:list, # each model's held-out predictions (N, ...), activated
                 targs:torch.Tensor, # their targets
                 method:str='mean', # as in `ensemble_preds`
-                loss_func=None, # differentiable `loss_func(combined, targs)`; default the log loss (cross-entropy; BCE for multi-hot targets); required for 'rank'
+                # differentiable `loss_func(combined, targs)`; default the log loss (cross-entropy; BCE for multi-hot
+                # targets); required for 'rank'
+                loss_func=None,
                ) -> torch.Tensor:
-    "The weights (>= 0, sum 1) for `ensemble_preds` that minimise `loss_func` on held-out predictions: SLSQP from equal weights, gradients by autograd"
-    if loss_func is None and method == 'rank': raise ValueError("rank averages are not probabilities, so log loss does not apply: pass a loss_func")
+    """The weights (>= 0, sum 1) for `ensemble_preds` that minimise `loss_func` on held-out predictions: SLSQP from
+    equal weights, gradients by autograd"""
+    if loss_func is None and method == 'rank':
+        raise ValueError("rank averages are not probabilities, so log loss does not apply: pass a loss_func")
     loss_func, n = ifnone(loss_func, _log_loss), len(preds)
     preds, targs = [torch.as_tensor(p).double().cpu() for p in preds], torch.as_tensor(targs).cpu()
     def f(w):
@@ -64,22 +71,26 @@ def fit_weights(preds:list, # each model's held-out predictions (N, ...), activa
 def _per_learner(dl, learners):
     "`dl` as one loader per learner: a list is checked, anything else is shared"
     if not isinstance(dl, (list, tuple)): return [dl] * len(learners)
-    if len(dl) != len(learners): raise ValueError(f"dl is a list of {len(dl)} loaders for {len(learners)} learners: give one per learner")
+    if len(dl) != len(learners):
+        raise ValueError(f"dl is a list of {len(dl)} loaders for {len(learners)} learners: give one per learner")
     return dl
 
 def _check_targets(i, t, targs):
     "Targets of `learners[i]`, checked against those of the first learner"
     if targs is not None and t is not None and not torch.equal(torch.as_tensor(t), torch.as_tensor(targs)):
-        raise ValueError(f"learners[{i}] predicts other targets than learners[0]: every learner must see the same items in the same order (the same split, unshuffled)")
+        raise ValueError(f"learners[{i}] predicts other targets than learners[0]: every learner must see the same "
+                         f"items in the same order (the same split, unshuffled)")
     return ifnone(targs, t)
 
 def learners_preds(learners:list, # fastai `Learner`s, of any architecture and input size
-                   dl=None, # a `DataLoader` for all, or a list of one per learner; default each learner's own `dls[ds_idx]`
+                   # a `DataLoader` for all, or a list of one per learner; default each learner's own `dls[ds_idx]`
+                   dl=None,
                    ds_idx:int=1, # 0: train, 1: valid, when `dl` is None
                    tta:bool=False, # predict with `Learner.tta10` instead of `get_preds`
                    **kwargs, # passed to `tta10`: `scale`, `size`, `flip`, `merge`, ...
                   ) -> tuple:
-    "Each learner's predictions (by `get_preds`, or `tta10` if `tta`) and the targets they share: the input of `ensemble_preds` and `fit_weights`"
+    """Each learner's predictions (by `get_preds`, or `tta10` if `tta`) and the targets they share: the input of
+    `ensemble_preds` and `fit_weights`"""
     preds, targs = [], None
     for i, (learn, dl) in enumerate(zip(learners, _per_learner(dl, learners))):
         p, t = learn.tta10(dl=dl, ds_idx=ds_idx, **kwargs) if tta else learn.get_preds(ds_idx=ds_idx, dl=dl)

@@ -15,7 +15,8 @@ __all__ = ['PseudoLabels', 'pseudo_labels', 'pseudo_dataloaders']
 
 # %% ../../nbs/52_predict.pseudo.ipynb #aac504e3
 class PseudoLabels(NamedTuple):
-    "The items of an unlabelled set taken as pseudo-labelled: their indices `idx`, predicted classes `y` and confidences `conf`, out of `probs`"
+    """The items of an unlabelled set taken as pseudo-labelled: their indices `idx`, predicted classes `y` and
+    confidences `conf`, out of `probs`"""
     idx: torch.Tensor
     y: torch.Tensor
     conf: torch.Tensor
@@ -27,12 +28,14 @@ class PseudoLabels(NamedTuple):
         predicted = torch.bincount(self.probs.argmax(1), minlength=c)
         taken = torch.bincount(self.y, minlength=c)
         conf = torch.zeros(c).index_add_(0, self.y, self.conf) / taken.clamp_min(1)
-        return pd.DataFrame({'class': list(vocab) if vocab is not None else range(c), 'predicted': predicted.tolist(), 'taken': taken.tolist(),
+        return pd.DataFrame({'class': list(vocab) if vocab is not None else range(c), 'predicted': predicted.tolist(),
+                             'taken': taken.tolist(),
                              'taken %': (100 * taken / predicted.clamp_min(1)).round().int().tolist(),
                              'mean conf': [round(v, 3) if t else None for v, t in zip(conf.tolist(), taken.tolist())]})
 
 # %% ../../nbs/52_predict.pseudo.ipynb #44aa1415
-def pseudo_labels(probs:torch.Tensor, # (N, C) class probabilities of the unlabelled items: `get_preds`, TTA, an ensemble's mean
+# (N, C) class probabilities of the unlabelled items: `get_preds`, TTA, an ensemble's mean
+def pseudo_labels(probs:torch.Tensor,
                   threshold:float=0.9, # keep an item when its top probability is above this
                  ) -> PseudoLabels:
     "The items whose most probable class has probability above `threshold`, with that class and probability"
@@ -41,25 +44,34 @@ def pseudo_labels(probs:torch.Tensor, # (N, C) class probabilities of the unlabe
     bad = ((probs < 0) | (probs > 1)).any(1) | ((probs.sum(1) - 1).abs() > 1e-3) | probs.isnan().any(1)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise ValueError(f"row {i} of probs is not a probability distribution (sums to {float(probs[i].sum()):.3g}): pass probabilities (softmax), not logits")
+        raise ValueError(f"row {i} of probs is not a probability distribution (sums to {float(probs[i].sum()):.3g}): "
+                         f"pass probabilities (softmax), not logits")
     conf, y = probs.max(1)
     idx = (conf > threshold).nonzero().flatten()
     return PseudoLabels(idx, y[idx], conf[idx], probs)
 
 # %% ../../nbs/52_predict.pseudo.ipynb #684707eb
 def pseudo_dataloaders(dls:DeviceDataLoaders, # the loaders the model was trained on (class targets)
-                       unlabelled, # the unlabelled images: the `test_dl` the predictions came from, or uint8 images as `test_dl` takes them
+                       # the unlabelled images: the `test_dl` the predictions came from, or uint8 images as `test_dl`
+                       # takes them
+                       unlabelled,
                        pl:PseudoLabels, # the pseudo-labels of `unlabelled` (`pseudo_labels`)
                       ) -> DeviceDataLoaders:
-    "`dls` with the pseudo-labelled items of `unlabelled` added to the training set: same validation set, same transforms"
+    """`dls` with the pseudo-labelled items of `unlabelled` added to the training set: same validation set, same
+    transforms"""
     ds = dls.train_ds
     if not isinstance(dls.train, DeviceDL) or len(ds.ys) != 1 or not isinstance(ds.ys[0], TensorCategory):
-        raise ValueError("pseudo_dataloaders needs `DeviceDataLoaders` with one class target (`DeviceDataLoaders.from_tensors`, ...)")
+        raise ValueError("pseudo_dataloaders needs `DeviceDataLoaders` with one class target "
+                         "(`DeviceDataLoaders.from_tensors`, ...)")
     x = (unlabelled if isinstance(unlabelled, DeviceDL) else dls.test_dl(unlabelled)).dataset.x
-    if len(x) != len(pl.probs): raise ValueError(f"the pseudo-labels were made for {len(pl.probs)} items but the unlabelled set has {len(x)}: predict on these images")
-    if pl.probs.shape[1] != dls.c: raise ValueError(f"the predictions have {pl.probs.shape[1]} classes but the loaders have {dls.c}")
+    if len(x) != len(pl.probs):
+        raise ValueError(f"the pseudo-labels were made for {len(pl.probs)} items but the unlabelled set has {len(x)}: "
+                         f"predict on these images")
+    if pl.probs.shape[1] != dls.c: raise ValueError(f"the predictions have {pl.probs.shape[1]} classes but the loaders "
+                                                    f"have {dls.c}")
     if dls.train.sampler is not None:
-        warnings.warn("the training loader's sampler was built for the original targets and is not carried over: apply it again (e.g. `pk_dataloaders`) to the result")
+        warnings.warn("the training loader's sampler was built for the original targets and is not carried over: apply "
+                      "it again (e.g. `pk_dataloaders`) to the result")
     new_x = torch.cat([ds.x, x[pl.idx.to(x.device)].to(ds.x.device)])
     new_y = TensorCategory(torch.cat([ds.ys[0].as_subclass(torch.Tensor), pl.y.to(ds.ys[0].device)]))
     return with_train(dls, dls.train.new(ds.new(new_x, (new_y,), split_idx=0), sampler=None))

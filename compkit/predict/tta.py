@@ -28,24 +28,31 @@ def _pair(s): return (s, s) if isinstance(s, int) else tuple(s)
 def _xyxy(x, y): return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1)
 
 class TenCrop:
-    "Where the views of an `img_size` image lie: resized by `scale`, its four corner crops and centre crop of `size`, then the same five of the `flip`ped image"
+    """Where the views of an `img_size` image lie: resized by `scale`, its four corner crops and centre crop of `size`,
+    then the same five of the `flip`ped image"""
     names = ('top-left', 'top-right', 'bottom-left', 'bottom-right', 'centre')
     def __init__(self,
                  img_size:tuple, # (H, W) of the images
                  size:int|tuple|None=None, # crop size, int or (h, w); None: `img_size`, the size the model trained at
                  scale:float=1., # resize the images by this factor before cropping (>1: test larger than you trained)
-                 flip:str|None='horizontal', # the last five views are crops of the image flipped 'horizontal'ly or 'vertical'ly; None: five views
+                 # the last five views are crops of the image flipped 'horizontal'ly or 'vertical'ly; None: five views
+                 flip:str|None='horizontal',
                  crops:bool=True, # False: no crops, the whole image resized (to `size`, else by `scale`) and its flip
                 ):
-        if flip not in ('horizontal', 'vertical', None): raise ValueError(f"flip must be 'horizontal', 'vertical' or None, not {flip!r}")
+        if flip not in ('horizontal', 'vertical', None): raise ValueError(f"flip must be 'horizontal', 'vertical' or "
+                                                                          f"None, not {flip!r}")
         self.img_size = H, W = tuple(int(s) for s in img_size)
-        self.scaled, self.size, self.scale, self.flip = (round(H * scale), round(W * scale)), _pair(ifnone(size, (H, W))), scale, flip
+        self.scaled, self.size, self.scale, self.flip = (round(H * scale),
+                                                         round(W * scale)), _pair(ifnone(size, (H, W))), scale, flip
         self.crops = crops
         # one view: the whole image, resized
         if not crops: self.scaled = self.size = self.scaled if size is None else self.size
         (Hs, Ws), (h, w) = self.scaled, self.size
-        if h > Hs or w > Ws: raise ValueError(f"crop size {(h, w)} is larger than the {Hs}x{Ws} image ({H}x{W} at scale {scale}): pass a smaller size or a larger scale")
-        corners = [(0, 0), (0, Ws - w), (Hs - h, 0), (Hs - h, Ws - w), (int(round((Hs - h) / 2)), int(round((Ws - w) / 2)))] # torchvision's order and rounding
+        if h > Hs or w > Ws:
+            raise ValueError(f"crop size {(h, w)} is larger than the {Hs}x{Ws} image ({H}x{W} at scale {scale}): pass "
+                             f"a smaller size or a larger scale")
+        corners = [(0, 0), (0, Ws - w), (Hs - h, 0), (Hs - h, Ws - w),
+                   (int(round((Hs - h) / 2)), int(round((Ws - w) / 2)))] # torchvision's order and rounding
         if not crops: corners = corners[:1]
         self.views = [(t, l, flipped) for flipped in ((False,) if flip is None else (False, True)) for t, l in corners]
 
@@ -54,8 +61,10 @@ class TenCrop:
         return (self.names[i % 5] if self.crops else 'whole') + (f' {self.flip[0]}-flip' if self.views[i][2] else '')
 
     def rescale(self, x:torch.Tensor) -> torch.Tensor:
-        "The float images `x` (N, C, H, W) resized by `scale` (bilinear; antialiased when shrinking): what the crops are cut from"
-        if tuple(x.shape[-2:]) != self.img_size: raise ValueError(f"images are {tuple(x.shape[-2:])} but this TenCrop is for {self.img_size}")
+        """The float images `x` (N, C, H, W) resized by `scale` (bilinear; antialiased when shrinking): what the crops
+        are cut from"""
+        if tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(f"images are {tuple(x.shape[-2:])} but this TenCrop is for {self.img_size}")
         if self.scaled == self.img_size: return x
         shrinks = self.scaled[0] < self.img_size[0] or self.scaled[1] < self.img_size[1]
         return F.interpolate(x, size=self.scaled, mode='bilinear', align_corners=False, antialias=shrinks)
@@ -82,7 +91,8 @@ class TenCrop:
         return _xyxy(*res)
 
     def boxes_from_view(self, b:torch.Tensor, i:int) -> torch.Tensor:
-        "Boxes `b` (..., 4), xyxy in pixels of view `i`, in pixels of the original image: the inverse of `boxes_to_view`"
+        """Boxes `b` (..., 4), xyxy in pixels of view `i`, in pixels of the original image: the inverse of
+        `boxes_to_view`"""
         res = []
         for c, (n, ns, o, fl) in zip((b[..., 0::2], b[..., 1::2]), self._axes(i)):
             c = c + o
@@ -109,7 +119,8 @@ def _finish(a, n, mode): return a if mode == 'max' else (a / n).exp() if mode ==
 
 # %% ../../nbs/50_predict.tta.ipynb #ecf591c1
 def _gathered(dl, b):
-    "`b` detached, on the host, gathered over the ranks as fastai's `Learner.to_detach` does: by the loader, if it knows how (a `DeviceDL` in order, without padding)"
+    """`b` detached, on the host, gathered over the ranks as fastai's `Learner.to_detach` does: by the loader, if it
+    knows how (a `DeviceDL` in order, without padding)"""
     return dl.to_detach(b) if hasattr(dl, 'to_detach') else to_detach(b)
 
 def _chunk(tc, xs, views):
@@ -117,7 +128,8 @@ def _chunk(tc, xs, views):
     return torch.cat([tc.crop(xs, i) for i in views])
 
 class _ViewBatches:
-    "The batches of `dl` as chunks of `chunk` views, one forward pass each; `cur` says which batch and views are in flight"
+    """The batches of `dl` as chunks of `chunk` views, one forward pass each; `cur` says which batch and views are in
+    flight"""
     def __init__(self, dl, n_inp, chunk, size, scale, flip, crops=True): store_attr()
     def __len__(self):
         return len(self.dl) * math.ceil((5 if self.crops else 1) * (1 if self.flip is None else 2) / self.chunk)
@@ -128,7 +140,9 @@ class _ViewBatches:
             targs.append(_gathered(self.dl, b[self.n_inp:]))
             tc = TenCrop(x.shape[-2:], self.size, self.scale, self.flip, self.crops)
             if tc.crops and tc.size == tc.scaled:
-                raise ValueError(f"the {tc.size[0]}x{tc.size[1]} crops are the whole {tc.scaled[0]}x{tc.scaled[1]} image at scale {self.scale}, so the five crops are the same: pass scale>1 (e.g. 8/7, ImageNet's 256/224) or a smaller size")
+                raise ValueError(f"the {tc.size[0]}x{tc.size[1]} crops are the whole {tc.scaled[0]}x{tc.scaled[1]} "
+                                 f"image at scale {self.scale}, so the five crops are the same: pass scale>1 (e.g. "
+                                 f"8/7, ImageNet's 256/224) or a smaller size")
             xs = tc.rescale(x)
             for v in range(0, len(tc), self.chunk):
                 self.cur = bi, tc, range(v, min(v + self.chunk, len(tc))), len(x)
@@ -151,17 +165,22 @@ class _MergeViews(Callback):
             v = o.split(n)
             if j in self.box_out: v = [tc.boxes_from_view(b, i) for b, i in zip(v, idxs)]
             elif self.merge == 'gmean' and (o < 0).any():
-                raise ValueError(f"merge='gmean' needs predictions >= 0, but output {j} has negative values: give the loss an `activation` or pass `act`")
+                raise ValueError(f"merge='gmean' needs predictions >= 0, but output {j} has negative values: give the "
+                                 f"loss an `activation` or pass `act`")
             v = torch.stack(v)
-            if self.with_views: self.views.setdefault((bi, j), []).append(_gathered(self.batches.dl, v.transpose(0, 1)).transpose(0, 1))
+            if self.with_views:
+                self.views.setdefault((bi, j), []).append(_gathered(self.batches.dl, v.transpose(0, 1)).transpose(0, 1))
             self.part[j] = _combine(self.part.get(j), _reduce(v, self.mode(j)), self.mode(j))
-        if idxs[-1] == len(tc) - 1: # the batch's last view: its partial merge goes to the host, as `get_preds` moves predictions
-            for j, r in self.part.items(): self.acc[bi, j] = _combine(self.acc.get((bi, j)), _gathered(self.batches.dl, r), self.mode(j))
+        # the batch's last view: its partial merge goes to the host, as `get_preds` moves predictions
+        if idxs[-1] == len(tc) - 1:
+            for j, r in self.part.items(): self.acc[bi, j] = _combine(self.acc.get((bi, j)),
+                                                                      _gathered(self.batches.dl, r), self.mode(j))
             self.part = {}
     def mode(self, j): return 'mean' if j in self.box_out else self.merge # boxes: the mean of the mapped-back corners
     def result(self):
         n_b, n_out = max(bi for bi, _ in self.acc) + 1, max(j for _, j in self.acc) + 1
-        preds = [_finish(torch.cat([self.acc[bi, j] for bi in range(n_b)]), self.n_views, self.mode(j)) for j in range(n_out)]
+        preds = [_finish(torch.cat([self.acc[bi, j] for bi in range(n_b)]), self.n_views,
+                         self.mode(j)) for j in range(n_out)]
         res = [tuple(preds) if self.tuple_out else preds[0], detuplify(to_concat(self.batches.targs))]
         if self.with_views:
             views = [torch.cat([torch.cat(self.views[bi, j]) for bi in range(n_b)], 1) for j in range(n_out)]
@@ -170,7 +189,8 @@ class _MergeViews(Callback):
 
 # %% ../../nbs/50_predict.tta.ipynb #ce155f49
 def _auto_chunk(learn, dl, max_mem, size, scale, flip, crops=True):
-    "Views per forward pass: 1 on the CPU, where 10 passes at the loader's batch size are the fastest; on a GPU as many as fit in `max_mem` of its free memory, measured on one view"
+    """Views per forward pass: 1 on the CPU, where 10 passes at the loader's batch size are the fastest; on a GPU as
+    many as fit in `max_mem` of its free memory, measured on one view"""
     dev = next(learn.model.parameters()).device
     if dev.type != 'cuda': return 1
     x = dl.one_batch()[0]
@@ -184,7 +204,8 @@ def _auto_chunk(learn, dl, max_mem, size, scale, flip, crops=True):
 
 # %% ../../nbs/50_predict.tta.ipynb #b4d0c7c3
 def _load(model, m, i, device):
-    "Load the state dict or file `m` (a fastai `learn.save` or a `torch.save`d state dict) into `model`, naming `models[i]` if it does not fit"
+    """Load the state dict or file `m` (a fastai `learn.save` or a `torch.save`d state dict) into `model`, naming
+    `models[i]` if it does not fit"""
     if isinstance(m, (str, Path)) and not Path(m).is_file(): raise ValueError(f"models[{i}]: no file {m}")
     try:
         if isinstance(m, (str, Path)): load_model(m, model, None, with_opt=False, device=device)
@@ -193,7 +214,8 @@ def _load(model, m, i, device):
 
 @contextmanager
 def _predicting_with(learn, m, i):
-    "`learn` predicting with `models[i]`: a module in place of `learn.model`, or a state dict / file loaded into it, restored on exit"
+    """`learn` predicting with `models[i]`: a module in place of `learn.model`, or a state dict / file loaded into it,
+    restored on exit"""
     if m is None: yield; return
     dev = next(learn.model.parameters()).device
     if isinstance(m, nn.Module):
@@ -213,31 +235,40 @@ def tta10(self:Learner,
           dl=None, # the `DataLoader` to predict on; default `self.dls[ds_idx]`
           ds_idx:int=1, # 0: train, 1: valid, when `dl` is None
           size:int|tuple|None=None, # crop size; None: the loader's image size (the size the model trained at)
-          scale:float=_SCALE, # resize the images by this factor before cropping; 8/7: ImageNet's 10-crop (resize 256, crop 224) at the training size
+          # resize the images by this factor before cropping; 8/7: ImageNet's 10-crop (resize 256, crop 224) at the
+          # training size
+          scale:float=_SCALE,
           merge:str='mean', # how the views' activated predictions merge: 'mean', 'gmean' (geometric mean) or 'max'
           with_views:bool=False, # also return every view's predictions, (n_views, N, ...), boxes mapped back
-          flip:str|None='horizontal', # the last five views flip 'horizontal'ly or 'vertical'ly; None: the five crops only
+          # the last five views flip 'horizontal'ly or 'vertical'ly; None: the five crops only
+          flip:str|None='horizontal',
           crops:bool=True, # False: the whole image resized (to `size`, else by `scale`) and its flip
           chunk:int|None=None, # views per forward pass; None: 1 on the CPU, on a GPU as many as fit in `max_mem`
           max_mem:float=0.5, # the fraction of the GPU's free memory a forward pass may use, when `chunk` is None
           act=None, # applied to the model's output before merging; default the loss's `activation`, as `get_preds` does
-          box_out:int|list=(), # indices (in the model's output tuple; 0 for a single output) of xyxy boxes in pixels of the model's input
-          models=None, # modules, state dicts or files (or a function returning them) whose views all merge together; None: `self.model`
+          # indices (in the model's output tuple; 0 for a single output) of xyxy boxes in pixels of the model's input
+          box_out:int|list=(),
+          # modules, state dicts or files (or a function returning them) whose views all merge together; None:
+          # `self.model`
+          models=None,
          ) -> tuple:
-    "Predictions on `dl` merged over 10 crops (corners, centre, flips) of the images resized by `scale`: (preds, targs), plus the views' if `with_views`"
+    """Predictions on `dl` merged over 10 crops (corners, centre, flips) of the images resized by `scale`: (preds,
+    targs), plus the views' if `with_views`"""
     if merge not in ('mean', 'gmean', 'max'): raise ValueError(f"merge must be 'mean', 'gmean' or 'max', not {merge!r}")
     n_inp = getattr(self.dls, 'n_inp', 1)
     if n_inp != 1: raise ValueError(f"tta10 crops one image input; these loaders give {n_inp} inputs")
     dl = ifnone(dl, self.dls[ds_idx])
     if getattr(dl, 'shuffle', False) or getattr(dl, 'drop_last', False): dl = dl.new(shuffle=False, drop_last=False)
     if callable(models) and not isinstance(models, nn.Module): models = models()
-    models = [None] if models is None else [models] if isinstance(models, (nn.Module, dict, str, Path)) else list(models)
+    models = [None] if models is None else [models] if isinstance(models,
+                                                                  (nn.Module, dict, str, Path)) else list(models)
     chunk = ifnone(chunk, _auto_chunk(self, dl, max_mem, size, scale, flip, crops))
     batches = _ViewBatches(dl, n_inp, chunk, size, scale, flip, crops)
     cb = _MergeViews(batches, merge, ifnone(act, getcallable(self.loss_func, 'activation')), L(box_out), with_views)
     with self.validation_context(cbs=[cb]):
         mb = models
-        if len(models) > 1 and hasattr(self, 'progress'): self.progress.mbar = mb = master_bar(models) # a bar per model under one, as fastai's `tta`
+        # a bar per model under one, as fastai's `tta`
+        if len(models) > 1 and hasattr(self, 'progress'): self.progress.mbar = mb = master_bar(models)
         for i, m in enumerate(mb):
             with _predicting_with(self, m, i): self._do_epoch_validate(dl=batches)
     return cb.result()
@@ -251,7 +282,8 @@ def show_tta10(self:Learner,
                figsize:tuple=(6.5, 3.6),
                **kwargs, # passed to `tta10`: `size`, `scale`, `flip`, `merge`, `models`, ...
               ):
-    "Show the views `tta10` makes of item `idx`, each with the class its first output predicts (averaged over `models`), and the merged prediction"
+    """Show the views `tta10` makes of item `idx`, each with the class its first output predicts (averaged over
+    `models`), and the merged prediction"""
     dl = ifnone(dl, self.dls[ds_idx]).new(shuffle=False, drop_last=False)
     idxs = dl.get_idxs()[idx:idx + 1]
     one = dl.new(get_idxs=lambda: idxs)
@@ -270,5 +302,6 @@ def show_tta10(self:Learner,
         show_image(views[i], ax=ax, title=f"{tc.name(i)}\n{name(c)} ({float(v[i, 0, c]):.2f})", cmap='gray')
         ax.title.set_fontsize(7)
     c = int(p[0].argmax())
-    fig.suptitle(f"merged: {name(c)} ({float(p[0, c]):.2f})" + (f", true: {name(int(t[0]))}" if t is not None and t.ndim == 1 else ''), fontsize=9)
+    fig.suptitle(f"merged: {name(c)} ({float(p[0, c]):.2f})" + (f", true: {name(int(t[0]))}" if t is not None
+                                                                and t.ndim == 1 else ''), fontsize=9)
     fig.tight_layout()

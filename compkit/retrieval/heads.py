@@ -20,7 +20,8 @@ __all__ = ['MarginHead', 'ArcFace', 'CosFace', 'TripletLoss', 'EmbeddingModel', 
 
 # %% ../../nbs/60_retrieval.heads.ipynb #2b0701f3
 class MarginHead(nn.Module):
-    "Cosine classifier: logits `s`·cos θ between embeddings and class centres, with the target's logit lowered by a margin `m` when the targets are given"
+    """Cosine classifier: logits `s`·cos θ between embeddings and class centres, with the target's logit lowered by a
+    margin `m` when the targets are given"""
     def __init__(self,
                  n_emb:int, # size of the embeddings
                  n_out:int, # number of classes
@@ -30,12 +31,15 @@ class MarginHead(nn.Module):
         super().__init__(); store_attr('m,s')
         # an isotropic normal puts the class centres uniformly on the sphere, where only directions count
         self.weight = nn.Parameter(torch.randn(n_out, n_emb))
-    def cosine(self, emb): return F.linear(F.normalize(emb), F.normalize(self.weight)).float() # float: the margin maths needs fp32 under autocast
+    # float: the margin maths needs fp32 under autocast
+    def cosine(self, emb): return F.linear(F.normalize(emb), F.normalize(self.weight)).float()
     def margin(self, cos_t): raise NotImplementedError
     def forward(self, emb, target=None):
         cos = self.cosine(emb)
         if target is None:
-            if self.training: raise ValueError(f"{type(self).__name__} needs the targets when training, `model(x, y)`: train with the `MarginTargets` callback (`metric_learner` adds it), or call `model.eval()` to predict")
+            if self.training: raise ValueError(f"{type(self).__name__} needs the targets when training, `model(x, y)`: "
+                                               f"train with the `MarginTargets` callback (`metric_learner` adds it), "
+                                               f"or call `model.eval()` to predict")
             return cos * self.s
         t = target.as_subclass(torch.Tensor).long()[:, None]
         return cos.scatter(1, t, self.margin(cos.gather(1, t))) * self.s
@@ -47,12 +51,14 @@ class ArcFace(MarginHead):
     def __init__(self,
                  n_emb:int, # size of the embeddings
                  n_out:int, # number of classes
-                 m:float=0.5, # angular margin in radians (ArcFace paper: 0.5 rad = 28.6°; pytorch-metric-learning takes degrees)
+                 # angular margin in radians (ArcFace paper: 0.5 rad = 28.6°; pytorch-metric-learning takes degrees)
+                 m:float=0.5,
                  s:float=64., # logit scale (ArcFace paper: 64)
                 ): super().__init__(n_emb, n_out, m, s)
     def margin(self, cos_t):
         theta = cos_t.clamp(-1 + 1e-7, 1 - 1e-7).acos() # off ±1: acos has an infinite slope there
-        # beyond θ = π - m, cos(θ + m) would rise again; fall back to cos θ - m·sin m (InsightFace's) to keep the logit decreasing in θ
+        # beyond θ = π - m, cos(θ + m) would rise again; fall back to cos θ - m·sin m (InsightFace's) to keep the logit
+        # decreasing in θ
         return torch.where(theta <= math.pi - self.m, (theta + self.m).cos(), cos_t - self.m * math.sin(self.m))
 
 # %% ../../nbs/60_retrieval.heads.ipynb #bc21a885
@@ -70,30 +76,37 @@ class CosFace(MarginHead):
 class TripletLoss(nn.Module):
     "Batch-hard triplet loss: each anchor's farthest positive and nearest negative in the batch, hinged at `margin`"
     def __init__(self,
-                 margin:float=0.2, # wanted gap between the negative and the positive distance (FaceNet's 0.2, on unit-norm embeddings)
+                 # wanted gap between the negative and the positive distance (FaceNet's 0.2, on unit-norm embeddings)
+                 margin:float=0.2,
                  normalize:bool=True, # L2-normalise the embeddings first (distances then lie in [0, 2])
                 ): super().__init__(); store_attr()
     def forward(self, input, target):
         x, y = input.as_subclass(torch.Tensor).float(), target.as_subclass(torch.Tensor)
-        if x.ndim != 2: raise ValueError(f"TripletLoss takes embeddings (batch, n_emb), not shape {tuple(x.shape)}: give the model no classifier head (`metric_learner(head=None)`)")
+        if x.ndim != 2:
+            raise ValueError(f"TripletLoss takes embeddings (batch, n_emb), not shape {tuple(x.shape)}: give the model "
+                             f"no classifier head (`metric_learner(head=None)`)")
         if self.normalize: x = F.normalize(x)
         sq = x.square().sum(1)
-        # from the Gram matrix, not cdist: exact zeros for duplicated items, whose sqrt is clamped instead of giving NaN gradients
+        # from the Gram matrix, not cdist: exact zeros for duplicated items, whose sqrt is clamped instead of giving NaN
+        # gradients
         d = (sq[:, None] + sq[None] - 2 * x @ x.T).clamp_min(1e-12).sqrt()
         same = y[:, None] == y[None]
         pos = same & ~torch.eye(len(y), dtype=torch.bool, device=y.device)
         d_ap = d.masked_fill(~pos, -math.inf).amax(1)
         d_an = d.masked_fill(same, math.inf).amin(1)
         has_triplet = pos.any(1) & (~same).any(1)
-        # a masked mean rather than indexing: no host sync, and 0 (with a graph for backward) when no anchor has a triplet
+        # a masked mean rather than indexing: no host sync, and 0 (with a graph for backward) when no anchor has a
+        # triplet
         return torch.where(has_triplet, F.relu(d_ap - d_an + self.margin), 0).sum() / has_triplet.sum().clamp_min(1)
 
 # %% ../../nbs/60_retrieval.heads.ipynb #208ec9f7
 class EmbeddingModel(nn.Module):
-    "`embedder` (images to embeddings) then `head`; `forward(x, y)` hands the targets to a margin head, `embed(x)` returns the embeddings"
+    """`embedder` (images to embeddings) then `head`; `forward(x, y)` hands the targets to a margin head, `embed(x)`
+    returns the embeddings"""
     def __init__(self,
                  embedder:nn.Module, # images to embeddings (batch, n_emb)
-                 head:nn.Module|None=None, # `ArcFace`, `CosFace`, an `nn.Linear` (softmax), or None: the model outputs the embeddings
+                 # `ArcFace`, `CosFace`, an `nn.Linear` (softmax), or None: the model outputs the embeddings
+                 head:nn.Module|None=None,
                 ):
         super().__init__(); self.embedder, self.head = embedder, ifnone(head, nn.Identity())
     def embed(self, x): return self.embedder(x)
@@ -102,7 +115,8 @@ class EmbeddingModel(nn.Module):
 # %% ../../nbs/60_retrieval.heads.ipynb #b53a0c6a
 class MarginTargets(Callback):
     "Pass the targets to the model on training batches, `model(x, y)`, for a margin head that needs them"
-    # late, so that the batch it extends is final: after any callback that edits xb or yb in before_batch (fastai's MixUp and CutMix run at 0)
+    # late, so that the batch it extends is final: after any callback that edits xb or yb in before_batch (fastai's
+    # MixUp and CutMix run at 0)
     order, run_valid = MixedPrecision.order + 1, False
     def before_batch(self): self.learn.xb = (*self.xb, *self.yb)
 
@@ -113,23 +127,30 @@ def _split_with_head(m, splitter):
     return groups[:-1] + [list(groups[-1]) + params(m.head)]
 
 def metric_learner(dls, # `DataLoaders` with class targets (the head's classes)
-                   arch:str|nn.Module, # a timm name (body + fastai's pooled head to `n_emb`) or a module that outputs embeddings
+                   # a timm name (body + fastai's pooled head to `n_emb`) or a module that outputs embeddings
+                   arch:str|nn.Module,
                    n_emb:int=128, # size of the embeddings (for a timm name)
-                   head=ArcFace, # called as `head(n_emb, n_out)`: `ArcFace`, `CosFace`, `partial(ArcFace, m=0.3)`, `nn.Linear`; None: embeddings out
+                   # called as `head(n_emb, n_out)`: `ArcFace`, `CosFace`, `partial(ArcFace, m=0.3)`, `nn.Linear`; None:
+                   # embeddings out
+                   head=ArcFace,
                    n_out:int|None=None, # classes of the head (default: `dls.c`)
-                   loss_func=None, # default: the data's (cross-entropy); required with `head=None`, e.g. `TripletLoss()`
+                   # default: the data's (cross-entropy); required with `head=None`, e.g. `TripletLoss()`
+                   loss_func=None,
                    metrics=None, # default: accuracy when there is a head, none otherwise
                    **kwargs, # passed to `timm_learner`: `weights`, `pretrained`, `n_in`, `opt_func`, `cbs`, ...
                   ):
     "A `Learner` for an embedding: `arch` to `n_emb`, then `head` (a margin head gets the targets in training)"
-    if head is None and loss_func is None: raise ValueError("head=None: the model outputs embeddings, so it needs a metric loss, e.g. loss_func=TripletLoss()")
+    if head is None and loss_func is None:
+        raise ValueError("head=None: the model outputs embeddings, so it needs a metric loss, e.g. "
+                         "loss_func=TripletLoss()")
     if head is not None: metrics = ifnone(metrics, accuracy)
     learn = timm_learner(dls, arch, n_out=n_emb, metrics=metrics, loss_func=loss_func, **kwargs)
     if not isinstance(arch, str): n_emb = _n_features(arch, dls)
     head = None if head is None else head(n_emb, ifnone(n_out, dls.c))
     model = EmbeddingModel(learn.model, head).to(next(learn.model.parameters()).device) # the head joins the body there
     learn.model, learn.splitter = model, partial(_split_with_head, splitter=learn.splitter)
-    if learn.opt is not None: learn.opt = None; learn.freeze() # pretrained: timm_learner froze the body with an optimizer for the old model
+    # pretrained: timm_learner froze the body with an optimizer for the old model
+    if learn.opt is not None: learn.opt = None; learn.freeze()
     if isinstance(head, MarginHead): learn.add_cb(MarginTargets())
     return learn
 

@@ -22,12 +22,14 @@ def drop_singletons(y:torch.Tensor, # class index of each item
     keep = counts[y] >= min_count
     if verbose:
         n_cls = int(((counts > 0) & (counts < min_count)).sum())
-        print(f"drop_singletons: dropped {int((~keep).sum())} of {len(y)} items, from {n_cls} of {int((counts > 0).sum())} classes with fewer than {min_count} items")
+        print(f"drop_singletons: dropped {int((~keep).sum())} of {len(y)} items, from {n_cls} of "
+              f"{int((counts > 0).sum())} classes with fewer than {min_count} items")
     return keep.nonzero().flatten()
 
 # %% ../../nbs/61_retrieval.sampling.ipynb #e2eaf63b
 class PKSampler:
-    "A `DeviceDL` sampler: each epoch, `n // (p*k)` batches of `p` distinct classes x `k` items of each, drawn on the generator's device"
+    """A `DeviceDL` sampler: each epoch, `n // (p*k)` batches of `p` distinct classes x `k` items of each, drawn on the
+    generator's device"""
     def __init__(self,
                  y:torch.Tensor, # class index of each training item
                  p:int=16, # classes per batch (Hermans et al. used 18 x 4; 16 x 4 makes the usual batch of 64)
@@ -37,8 +39,11 @@ class PKSampler:
         y = torch.as_tensor(y).as_subclass(torch.Tensor).long().flatten().cpu()
         counts = torch.bincount(y)
         present = (counts > 0).nonzero().flatten()
-        if len(present) < p: raise ValueError(f"PKSampler needs p={p} distinct classes per batch but y has {len(present)} classes: lower p")
-        if len(y) < p * k: raise ValueError(f"PKSampler draws batches of p*k={p*k} items but there are only {len(y)}: lower p or k")
+        if len(present) < p:
+            raise ValueError(f"PKSampler needs p={p} distinct classes per batch but y has {len(present)} classes: "
+                             f"lower p")
+        if len(y) < p * k: raise ValueError(f"PKSampler draws batches of p*k={p*k} items but there are only {len(y)}: "
+                                            f"lower p or k")
         store_attr('y,p,k')
         # classes renumbered 0..C-1 over the classes present
         self.cls = torch.zeros_like(counts).index_put_((present,), torch.arange(len(present)))[y]
@@ -46,17 +51,22 @@ class PKSampler:
         self.starts = self.counts.cumsum(0) - self.counts
 
     def __call__(self, n:int, gen:torch.Generator) -> torch.Tensor:
-        if n != len(self.y): raise ValueError(f"the PKSampler was built for {len(self.y)} items but the loader has {n}: build it from this loader's targets")
+        if n != len(self.y): raise ValueError(f"the PKSampler was built for {len(self.y)} items but the loader has "
+                                              f"{n}: build it from this loader's targets")
         dev, p, k, c = gen.device, self.p, self.k, len(self.counts)
-        if self.cls.device != dev: self.cls, self.counts, self.starts = (t.to(dev) for t in (self.cls, self.counts, self.starts))
+        if self.cls.device != dev:
+            self.cls, self.counts, self.starts = (t.to(dev) for t in (self.cls, self.counts, self.starts))
         n_batches = n // (p * k)
-        # classes: shuffles of all C classes, each cut into C//p batches of p, so no batch repeats a class and all classes recur evenly
+        # classes: shuffles of all C classes, each cut into C//p batches of p, so no batch repeats a class and all
+        # classes recur evenly
         per_perm = c // p
-        classes = torch.rand(-(-n_batches // per_perm), c, device=dev, generator=gen).argsort(1)[:, :per_perm * p].reshape(-1, p)[:n_batches].flatten()
+        classes = torch.rand(-(-n_batches // per_perm), c, device=dev,
+                             generator=gen).argsort(1)[:, :per_perm * p].reshape(-1, p)[:n_batches].flatten()
         # the items sorted by class, in a new random order within each class
         perm = torch.randperm(n, device=dev, generator=gen)
         perm = perm[self.cls[perm].argsort(stable=True)]
-        # the j-th draw of a class this epoch takes the next k of its shuffled items, wrapping round: k distinct items when
+        # the j-th draw of a class this epoch takes the next k of its shuffled items, wrapping round: k distinct items
+        # when
         # the class has k or more, every item about equally often when it has fewer
         s = classes.argsort(stable=True)
         j = torch.empty_like(classes)
@@ -69,5 +79,7 @@ def pk_dataloaders(dls:DeviceDataLoaders, # loaders with class targets (the firs
                    p:int=16, # classes per batch
                    k:int=4, # items per class
                   ) -> DeviceDataLoaders:
-    "`dls` with a training loader of batches of `p` classes x `k` items (`PKSampler` on the training targets); the same validation loader"
-    return with_train(dls, dls.train.new(bs=p * k, shuffle=True, drop_last=True, sampler=PKSampler(dls.train_ds.ys[0], p, k)))
+    """`dls` with a training loader of batches of `p` classes x `k` items (`PKSampler` on the training targets); the
+    same validation loader"""
+    return with_train(dls, dls.train.new(bs=p * k, shuffle=True, drop_last=True,
+                                         sampler=PKSampler(dls.train_ds.ys[0], p, k)))

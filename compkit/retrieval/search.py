@@ -21,17 +21,21 @@ def map_at_k(ranked:torch.Tensor, # (N, >=k) predicted labels, best first
              targets:torch.Tensor, # (N,) the one correct label of each query
              k:int=5, # how many predictions count
             ) -> float:
-    "Mean average precision at `k` with one correct label per query: 1/position of the first correct label in `ranked[:, :k]`, 0 if absent, averaged"
+    """Mean average precision at `k` with one correct label per query: 1/position of the first correct label in
+    `ranked[:, :k]`, 0 if absent, averaged"""
     ranked, targets = torch.as_tensor(ranked), torch.as_tensor(targets)
-    if ranked.ndim != 2 or ranked.shape[1] < k: raise ValueError(f"ranked must be (N, >={k}) labels in rank order, not shape {tuple(ranked.shape)}")
-    if len(ranked) != len(targets): raise ValueError(f"ranked has {len(ranked)} rows but targets has {len(targets)}: one target per query")
+    if ranked.ndim != 2 or ranked.shape[1] < k:
+        raise ValueError(f"ranked must be (N, >={k}) labels in rank order, not shape {tuple(ranked.shape)}")
+    if len(ranked) != len(targets): raise ValueError(f"ranked has {len(ranked)} rows but targets has {len(targets)}: "
+                                                     f"one target per query")
     hit = ranked[:, :k] == targets.to(ranked.device).view(-1, 1)
     first = hit.int().argmax(1) # position of the first hit (0 when there is none: masked below)
     return float(torch.where(hit.any(1), 1 / (first + 1), 0.).mean())
 
 # %% ../../nbs/62_retrieval.search.ipynb #eea019e1
 def _blocks(queries, gallery, bs, gallery_bs):
-    "Cosine similarities of unit-normalised `queries` and `gallery`, one (<=`bs`, <=`gallery_bs`) block at a time: (i0, j0, block)"
+    """Cosine similarities of unit-normalised `queries` and `gallery`, one (<=`bs`, <=`gallery_bs`) block at a time:
+    (i0, j0, block)"""
     q, g = F.normalize(queries.float()), F.normalize(gallery.float())
     for i0 in range(0, len(q), bs):
         for j0 in range(0, len(g), gallery_bs): yield i0, j0, q[i0:i0+bs] @ g[j0:j0+gallery_bs].to(q.device).T
@@ -45,7 +49,8 @@ def topk_similar(queries:torch.Tensor, # (N, d) query embeddings
                  bs:int=1024, # queries per block
                  gallery_bs:int=16384, # gallery items per block: at most `bs`x`gallery_bs` similarities exist at once
                 ) -> tuple:
-    "The `k` gallery items most similar to each query by cosine similarity: (N, k) similarities and gallery indices, best first"
+    """The `k` gallery items most similar to each query by cosine similarity: (N, k) similarities and gallery indices,
+    best first"""
     _check_k(k, len(gallery), 'gallery items')
     sims, idxs = [], []
     for i0, j0, s in _blocks(queries, gallery, bs, gallery_bs):
@@ -66,9 +71,11 @@ def rank_classes(queries:torch.Tensor, # (N, d) query embeddings
                  bs:int=1024, # queries per block
                  gallery_bs:int=16384, # gallery items per block: at most `bs`x(`gallery_bs`+`n_classes`) values at once
                 ) -> tuple:
-    "The `k` classes whose most similar gallery item is most similar to each query: (N, k) similarities and classes, best first"
+    """The `k` classes whose most similar gallery item is most similar to each query: (N, k) similarities and classes,
+    best first"""
     labels = torch.as_tensor(gallery_labels).as_subclass(torch.Tensor).long().to(queries.device)
-    if len(labels) != len(gallery): raise ValueError(f"gallery has {len(gallery)} items but gallery_labels has {len(labels)}: one label per item")
+    if len(labels) != len(gallery):
+        raise ValueError(f"gallery has {len(gallery)} items but gallery_labels has {len(labels)}: one label per item")
     c = ifnone(n_classes, int(labels.max()) + 1)
     _check_k(k, c, 'classes')
     res = []
@@ -80,22 +87,33 @@ def rank_classes(queries:torch.Tensor, # (N, d) query embeddings
 
 # %% ../../nbs/62_retrieval.search.ipynb #88d5c690
 def _plain_dl(dls, ds_idx):
-    "A loader of set `ds_idx` in order, with no random transforms: the validation loader, or the training set through it"
+    """A loader of set `ds_idx` in order, with no random transforms: the validation loader, or the training set through
+    it"""
     if ds_idx == 1: return dls.valid
     ds = dls[ds_idx].dataset
-    if not isinstance(ds, DeviceDataset): raise ValueError(f"set {ds_idx} is not a compkit `DeviceDataset`: pass `dl=` a loader without random transforms (e.g. `dls.test_dl(items)`)")
-    return dls.valid.new(ds.new(ds.x, ds.ys, split_idx=1)) # split_idx=1: fastai skips the random transforms, as for validation
+    if not isinstance(ds, DeviceDataset):
+        raise ValueError(f"set {ds_idx} is not a compkit `DeviceDataset`: pass `dl=` a loader without random "
+                         f"transforms (e.g. `dls.test_dl(items)`)")
+    # split_idx=1: fastai skips the random transforms, as for validation
+    return dls.valid.new(ds.new(ds.x, ds.ys, split_idx=1))
 
 @patch
 def get_embeddings(self:Learner,
-                   ds_idx:int=1, # the set to embed when `dl` is None: 0 the training set (unaugmented, in order), 1 the validation set
+                   # the set to embed when `dl` is None: 0 the training set (unaugmented, in order), 1 the validation
+                   # set
+                   ds_idx:int=1,
                    dl=None, # any loader of (x, y...) or (x,) batches
-                   embed=None, # a function from a batch of images to embeddings (default: `model.embed`); a TTA average plugs in here
+                   # a function from a batch of images to embeddings (default: `model.embed`); a TTA average plugs in
+                   # here
+                   embed=None,
                   ) -> tuple:
-    "The embeddings of `dl` (default: set `ds_idx`, in order, unaugmented) by `embed(xb)` in eval mode, and its targets (None if unlabelled)"
+    """The embeddings of `dl` (default: set `ds_idx`, in order, unaugmented) by `embed(xb)` in eval mode, and its
+    targets (None if unlabelled)"""
     model = self.model.to(self.dls.device)
     embed = ifnone(embed, getattr(model, 'embed', None))
-    if embed is None: raise ValueError(f"{type(model).__name__} has no `embed` method: pass `embed=` a function from images to embeddings, or build the learner with `metric_learner`")
+    if embed is None:
+        raise ValueError(f"{type(model).__name__} has no `embed` method: pass `embed=` a function from images to "
+                         f"embeddings, or build the learner with `metric_learner`")
     dl, was_training = ifnone(dl, _plain_dl(self.dls, ds_idx)), model.training
     model.eval()
     try:
@@ -113,7 +131,8 @@ def retrieve(self:Learner,
              embed=None, # passed to `get_embeddings` (default: `model.embed`)
              **kwargs, # passed to `rank_classes`: `bs`, `gallery_bs`, `n_classes`
             ) -> tuple:
-    "Rank the gallery's classes for each query by cosine similarity of their embeddings: (scores, classes) (N, k), and the queries' targets"
+    """Rank the gallery's classes for each query by cosine similarity of their embeddings: (scores, classes) (N, k), and
+    the queries' targets"""
     q, q_y = self.get_embeddings(1, query_dl, embed)
     g, g_y = self.get_embeddings(0, gallery_dl, embed)
     if g_y is None: raise ValueError("the gallery has no labels: pass gallery_dl= a loader of labelled images")
@@ -122,20 +141,26 @@ def retrieve(self:Learner,
 
 # %% ../../nbs/62_retrieval.search.ipynb #04cf4523
 def _pooled_layer(model):
-    "The module whose output is `model`'s pooled features: the pooling + `Flatten` of a fastai head, or a timm model's `global_pool`"
+    """The module whose output is `model`'s pooled features: the pooling + `Flatten` of a fastai head, or a timm model's
+    `global_pool`"""
     head = model[-1] if isinstance(model, nn.Sequential) else None
-    if isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], (AdaptiveConcatPool2d, nn.AdaptiveAvgPool2d)) and isinstance(head[1], Flatten): return head[1]
+    if isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], (AdaptiveConcatPool2d, nn.AdaptiveAvgPool2d)) and isinstance(head[1], Flatten):
+        return head[1]
     if isinstance(getattr(model, 'global_pool', None), nn.Module): return model.global_pool
-    raise ValueError(f"no fastai head or timm `global_pool` in this {type(model).__name__}: pass `layer`, the module whose output is the embedding")
+    raise ValueError(f"no fastai head or timm `global_pool` in this {type(model).__name__}: pass `layer`, the module "
+                     f"whose output is the embedding")
 
 def embeddings(learn, # a fastai `Learner`
                dl=None, # the `DataLoader` to embed; default `learn.dls[ds_idx]`
                ds_idx:int=1, # 0: train, 1: valid, when `dl` is None
-               layer:nn.Module|None=None, # the module whose output is the embedding; default the pooled features of the body
+               # the module whose output is the embedding; default the pooled features of the body
+               layer:nn.Module|None=None,
               ) -> tuple:
-    "The pooled features of `learn`'s body (the head's input; or `layer`'s output) for every item of `dl`, flattened, with the targets: (N, D), targs"
+    """The pooled features of `learn`'s body (the head's input; or `layer`'s output) for every item of `dl`, flattened,
+    with the targets: (N, D), targs"""
     feats = []
-    with Hook(layer if layer is not None else _pooled_layer(learn.model), lambda m, i, o: feats.append(o.float().flatten(1)), cpu=True):
+    with Hook(layer if layer is not None else _pooled_layer(learn.model), lambda m, i,
+              o: feats.append(o.float().flatten(1)), cpu=True):
         _, targs = learn.get_preds(dl=dl, ds_idx=ds_idx, reorder=False) # in the loader's order, as the hook sees them
     return torch.cat(feats), targs
 
@@ -143,23 +168,32 @@ def embeddings(learn, # a fastai `Learner`
 def concat_embeddings(embs:list, # embeddings of the same items from several models: tensors (N, d_i)
                       weights:list|None=None, # each model's weight (default: equal)
                      ) -> torch.Tensor:
-    "Meta-embeddings: each model's embeddings L2-normalised, scaled by the square root of its share of `weights`, concatenated"
-    if len({len(e) for e in embs}) != 1: raise ValueError(f"the embeddings cover different numbers of items: {[len(e) for e in embs]}; embed the same items, in the same order, with every model")
+    """Meta-embeddings: each model's embeddings L2-normalised, scaled by the square root of its share of `weights`,
+    concatenated"""
+    if len({len(e) for e in embs}) != 1: raise ValueError(f"the embeddings cover different numbers of items: "
+                                                          f"{[len(e) for e in embs]}; embed the same items, in the "
+                                                          f"same order, with every model")
     w = torch.as_tensor(ifnone(weights, [1.] * len(embs)), dtype=torch.float)
-    if len(w) != len(embs) or (w < 0).any() or w.sum() <= 0: raise ValueError(f"weights must be {len(embs)} non-negative numbers, not all 0; got {w.tolist()}")
+    if len(w) != len(embs) or (w < 0).any() or w.sum() <= 0: raise ValueError(f"weights must be {len(embs)} "
+                                                                              f"non-negative numbers, not all 0; got "
+                                                                              f"{w.tolist()}")
     w = (w / w.sum()).sqrt()
     return torch.cat([F.normalize(e.float()) * wi for e, wi in zip(embs, w.tolist())], 1)
 
 # %% ../../nbs/62_retrieval.search.ipynb #3ee8fdac
 def meta_embeddings(learners:list, # fastai `Learner`s, of any architecture and input size
-                    dl=None, # a `DataLoader` for all, or a list of one per learner; default each learner's own `dls[ds_idx]`
+                    # a `DataLoader` for all, or a list of one per learner; default each learner's own `dls[ds_idx]`
+                    dl=None,
                     ds_idx:int=1, # 0: train, 1: valid, when `dl` is None
-                    layers:list|None=None, # for each learner, the module whose output is its embedding (see `embeddings`)
+                    # for each learner, the module whose output is its embedding (see `embeddings`)
+                    layers:list|None=None,
                     weights:list|None=None, # each learner's weight (default: equal), as in `concat_embeddings`
                    ) -> tuple:
-    "The `embeddings` of several learners joined by `concat_embeddings` (each L2-normalised, weighted): (N, D1+D2+...), targs"
+    """The `embeddings` of several learners joined by `concat_embeddings` (each L2-normalised, weighted): (N,
+    D1+D2+...), targs"""
     embs, targs = [], None
-    for i, (learn, dl, layer) in enumerate(zip(learners, _per_learner(dl, learners), ifnone(layers, [None] * len(learners)))):
+    for i, (learn, dl,
+            layer) in enumerate(zip(learners, _per_learner(dl, learners), ifnone(layers, [None] * len(learners)))):
         e, t = embeddings(learn, dl, ds_idx, layer)
         targs = _check_targets(i, t, targs)
         embs.append(e)

@@ -22,30 +22,41 @@ __all__ = ['lr_bounds']
 # %% ../../nbs/40_schedule.lr_find.ipynb #a004940b
 def lr_bounds(lrs, # learning rates of the range test, increasing
               losses, # the smoothed loss at each of them
-              min_slope:float=0.1, # the loss "still decreases" while it falls at least this fraction of the steepest rate
+              # the loss "still decreases" while it falls at least this fraction of the steepest rate
+              min_slope:float=0.1,
               min_depth:float=50, # warn when the descent is less deep than this many times the curve's roughness
              ) -> tuple:
-    "SGDR's bounds from a range test: `lr_max` where `losses` fall fastest per decade, `lr_min` where that descent starts"
+    """SGDR's bounds from a range test: `lr_max` where `losses` fall fastest per decade, `lr_min` where that descent
+    starts"""
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lrs) != len(losses): raise ValueError(f"lrs has {len(lrs)} values but losses has {len(losses)}")
-    if not np.isfinite(losses).all(): raise ValueError(f"loss {int(np.flatnonzero(~np.isfinite(losses))[0])} is not finite: cut the curve at the first NaN/inf")
-    if len(lrs) < 3: raise ValueError(f"{len(lrs)} points are too few to find a descent: run the test for more iterations")
-    end = max(int(losses.argmin()) + 1, 3) # the descent lies before the lowest loss (a curve lowest at its start has none: warned below)
+    if not np.isfinite(losses).all():
+        raise ValueError(f"loss {int(np.flatnonzero(~np.isfinite(losses))[0])} is not finite: cut the curve at the "
+                         f"first NaN/inf")
+    if len(lrs) < 3: raise ValueError(f"{len(lrs)} points are too few to find a descent: run the test for more "
+                                      f"iterations")
+    # the descent lies before the lowest loss (a curve lowest at its start has none: warned below)
+    end = max(int(losses.argmin()) + 1, 3)
     slope = np.gradient(losses[:end], np.log10(lrs[:end])) # loss change per decade of lr
-    steep = 1 + int(slope[1:].argmin()) # the first point's one-sided difference is the least reliable, and lr_min needs a point below
+    # the first point's one-sided difference is the least reliable, and lr_min needs a point below
+    steep = 1 + int(slope[1:].argmin())
     start = steep
     while start > 0 and slope[start-1] < min_slope * slope[steep]: start -= 1
     start = min(start, steep - 1)
     depth = losses[start] - losses[start:end].min()
     rough = np.median(np.abs(np.diff(losses[:end], 2))) # wiggles of a noisy curve; a smooth descent has next to none
     ratio = depth / rough if rough > 0 else np.inf if depth > 0 else 0.
-    if ratio < min_depth: warnings.warn(f"below lr_min the loss falls only {ratio:.0f}x its point-to-point roughness (a clear descent falls hundreds of times): "
-                                        "an already trained model? The bounds are read from noise; take lr_max below where the loss starts to rise")
+    if ratio < min_depth:
+        warnings.warn(f"below lr_min the loss falls only {ratio:.0f}x its point-to-point roughness (a clear descent "
+                      f"falls hundreds of times): "
+                                        "an already trained model? The bounds are read from noise; take lr_max below "
+                                        "where the loss starts to rise")
     return float(lrs[start]), float(lrs[steep]), (start, steep)
 
 # %% ../../nbs/40_schedule.lr_find.ipynb #73f59a21
 class _BoundsFinder(LRFinder):
-    "fastai's `LRFinder` without the save to disk, stopping at a non-finite loss, its divergence check armed after the smoother's warm-up"
+    """fastai's `LRFinder` without the save to disk, stopping at a non-finite loss, its divergence check armed after the
+    smoother's warm-up"""
     @property
     def name(self): return 'lr_finder' # other callbacks look for `learn.lr_finder` to switch off
     def before_fit(self):
@@ -53,23 +64,29 @@ class _BoundsFinder(LRFinder):
         self.best_loss = float('inf')
     def after_batch(self):
         ParamScheduler.after_batch(self)
-        if not torch.isfinite(self.smooth_loss): raise CancelFitException() # the smoothed loss is the ranks' mean: they all stop together
+        # the smoothed loss is the ranks' mean: they all stop together
+        if not torch.isfinite(self.smooth_loss): raise CancelFitException()
         self.best_loss = min(self.best_loss, float(self.smooth_loss))
-        # fastai checks from the first batch: a trained model's tiny, noisy loss passes 4x its best at once (fastai#3658)
-        if self.stop_div and self.train_iter > self.num_it // 10 and self.smooth_loss > 4 * self.best_loss: raise CancelFitException()
+        # fastai checks from the first batch: a trained model's tiny, noisy loss passes 4x its best at once
+        # (fastai#3658)
+        if self.stop_div and self.train_iter > self.num_it // 10 and self.smooth_loss > 4 * self.best_loss:
+            raise CancelFitException()
         if self.train_iter >= self.num_it: raise CancelFitException()
     def after_fit(self): self.learn.opt.zero_grad()
 
 @contextmanager
 def _kept(learn):
-    "Put `learn`'s weights, train/eval modes, optimizer, RNGs (torch's, python's, numpy's, each augmentation's block drawn ahead) and loaders' shuffle state back as they were, bit for bit, in memory"
+    """Put `learn`'s weights, train/eval modes, optimizer, RNGs (torch's, python's, numpy's, each augmentation's block
+    drawn ahead) and loaders' shuffle state back as they were, bit for bit, in memory"""
     modes = [m.training for m in learn.model.modules()]
     opt = None if learn.opt is None else copy.deepcopy(learn.opt.state_dict())
     py, np_ = random.getstate(), np.random.get_state()
     gen_state = lambda dl: None if getattr(dl, '_gen', None) is None else dl._gen.get_state()
     dls = [(dl, copy.deepcopy(getattr(dl, 'rng', None)), gen_state(dl)) for dl in learn.dls.loaders]
     # compkit's augmentations draw their random state ahead, a block at a time: the test must not use it up
-    tfms = {id(t): t for dl in learn.dls.loaders for p in ('after_item', 'before_batch', 'after_batch') for t in getattr(getattr(dl, p, None), 'fs', [])}
+    tfms = {id(t): t for dl in learn.dls.loaders for p in ('after_item',
+                                                           'before_batch', 'after_batch')
+                                                           for t in getattr(getattr(dl, p, None), 'fs', [])}
     drawn = [(t, t.rng_state()) for t in tfms.values() if hasattr(t, 'rng_state')]
     cuda = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
     try:
@@ -97,14 +114,19 @@ def lr_find_bounds(self:Learner,
                    show_plot:bool=True, # plot the curve with both bounds marked
                    suggest_funcs=(SuggestionMethod.Valley,), # fastai's suggestions, also returned
                   ):
-    "Range test returning SGDR's `lr_max` (steepest descent) and `lr_min` (the descent's start) with fastai's suggestions; the learner is left exactly as it was"
-    if len(self.dls.train) == 0: raise ValueError(f"the training loader has no batches ({self.dls.train.n} items, bs={self.dls.train.bs}, drop_last={self.dls.train.drop_last}): lower bs")
+    """Range test returning SGDR's `lr_max` (steepest descent) and `lr_min` (the descent's start) with fastai's
+    suggestions; the learner is left exactly as it was"""
+    if len(self.dls.train) == 0:
+        raise ValueError(f"the training loader has no batches ({self.dls.train.n} items, bs={self.dls.train.bs}, "
+                         f"drop_last={self.dls.train.drop_last}): lower bs")
     with _kept(self), self.no_logging():
         self.fit(num_it // len(self.dls.train) + 1, cbs=_BoundsFinder(start_lr, end_lr, num_it, stop_div))
     lrs, losses = np.array(self.recorder.lrs, dtype=float), np.array([float(l) for l in self.recorder.losses])
     bad = np.flatnonzero(~np.isfinite(losses))
     n = int(bad[0]) if len(bad) else len(losses)
-    if n < 3: raise ValueError(f"the loss was not finite after {n} batch(es), at lr={lrs[min(n, len(lrs)-1)]:.2e}: check the data and the model for NaN before tuning the lr")
+    if n < 3:
+        raise ValueError(f"the loss was not finite after {n} batch(es), at lr={lrs[min(n, len(lrs)-1)]:.2e}: check the "
+                         f"data and the model for NaN before tuning the lr")
     skip = min(num_it // 10, n - 3) # the smoother's warm-up, as fastai skips it
     lrs, losses = lrs[skip:n], losses[skip:n]
     lr_min, lr_max, (i, j) = lr_bounds(lrs, losses, min_slope, min_depth)
@@ -115,10 +137,12 @@ def lr_find_bounds(self:Learner,
         names.append(f.func.__name__ if isinstance(f, partial) else f.__name__)
         try: lr, pnt = f(torch.tensor(lrs[:tail]), torch.tensor(losses[:tail]), num_it)
         except (IndexError, ValueError) as e: # fastai's methods need more points than a short test may give
-            warnings.warn(f"fastai's `{names[-1]}` suggestion failed on {tail} points ({e}); it is None"); lr, pnt = None, None
+            warnings.warn(f"fastai's `{names[-1]}` suggestion failed on {tail} points ({e}); it is None")
+            lr, pnt = None, None
         sugg.append(lr)
         if pnt is not None: pnts.append(pnt)
-    sugg = from_rank0(sugg) # in several processes, one result for all (their curves are the same: fastai averages the loss over the ranks)
+    # in several processes, one result for all (their curves are the same: fastai averages the loss over the ranks)
+    sugg = from_rank0(sugg)
     if show_plot and rank_world()[0] == 0:
         with plt.rc_context({'figure.figsize': (6, 3)}):
             self.recorder.plot_lr_find(suggestions=pnts, nms=[nm for nm, s in zip(names, sugg) if s is not None])

@@ -23,7 +23,8 @@ class ProgressiveResize(Callback):
     order = min(MixUpCutMix.order, MixHandler.order) - 1
     def __init__(self,
                  sizes:dict, # {epoch: size} from that epoch on, an int or (h, w); before the first key, the data's
-                 scale_bs:bool=False, # scale the batch size by area: the loader's own at the largest size, more at smaller ones
+                 # scale the batch size by area: the loader's own at the largest size, more at smaller ones
+                 scale_bs:bool=False,
                  mode:str='bilinear', # `F.interpolate`'s mode ('bilinear' and 'bicubic' antialias when shrinking)
                  valid:bool=False, # resize validation batches too (default: validate at the data's own size)
                  patience:int|None=None, # also step up to the next size when `monitor` has not improved for this long
@@ -77,7 +78,8 @@ class ProgressiveResize(Callback):
     def before_batch(self):
         if self.size is None: return
         x, *rest = self.learn.xb
-        if x.ndim != 4: raise ValueError(f"ProgressiveResize resizes image batches (N, C, H, W); the input has shape {tuple(x.shape)}")
+        if x.ndim != 4: raise ValueError(f"ProgressiveResize resizes image batches (N, C, H, W); the input has shape "
+                                         f"{tuple(x.shape)}")
         if any(isinstance(y, TensorPoint) and not isinstance(y, TensorBBox) for y in self.learn.yb):
             raise ValueError("ProgressiveResize scales boxes (TensorBBox, in pixels) with the images, but not points "
                              "(TensorPoint): resize the data instead")

@@ -21,18 +21,23 @@ __all__ = ['SnapshotEnsemble']
 
 # %% ../../nbs/41_schedule.snapshot.ipynb #e13fd0dd
 class SnapshotEnsemble(Callback):
-    "Keep the weights at the end of each lr cycle, found from the learner's own schedule (an epoch that ends falling and is followed by a higher lr), in `learn.snapshots`"
+    """Keep the weights at the end of each lr cycle, found from the learner's own schedule (an epoch that ends falling
+    and is followed by a higher lr), in `learn.snapshots`"""
     order = Recorder.order + 1 # after the epoch's metrics are recorded
     def __init__(self,
-                 n_cycles:int|None=None, # a check: the cycles given to `fit_sgdr`, which the schedule must show; None: found from the lr
+                 # a check: the cycles given to `fit_sgdr`, which the schedule must show; None: found from the lr
+                 n_cycles:int|None=None,
                  cycle_len:int=1, # a check: epochs of the first cycle
                  cycle_mult:int=1, # a check: each cycle is this many times longer than the one before
-                 to_disk:bool=False, # write each snapshot to `learn.path/learn.model_dir/{fname}/run_{r:03d}/`, a new folder per callback
+                 # write each snapshot to `learn.path/learn.model_dir/{fname}/run_{r:03d}/`, a new folder per callback
+                 to_disk:bool=False,
                  fname:str='snapshot', # the folder and file name prefix, with `to_disk`
-                 frozen:bool=False, # also keep cycles trained with a frozen body (`fine_tune`'s first phase): skipped by default
+                 # also keep cycles trained with a frozen body (`fine_tune`'s first phase): skipped by default
+                 frozen:bool=False,
                 ):
         for k, v in dict(n_cycles=n_cycles, cycle_len=cycle_len, cycle_mult=cycle_mult).items():
-            if v is not None and (type(v) is not int or v < 1): raise ValueError(f"{k} must be a whole number >= 1, not {v!r}")
+            if v is not None and (type(v) is not int or v < 1): raise ValueError(f"{k} must be a whole number >= 1, "
+                                                                                 f"not {v!r}")
         store_attr()
         self.snapshots, self.run_dir = L(), None
 
@@ -41,13 +46,17 @@ class SnapshotEnsemble(Callback):
         if self.n_cycles is None: return None
         lens = [self.cycle_len * self.cycle_mult**i for i in range(self.n_cycles)]
         if sum(lens) != self.n_epoch:
-            raise ValueError(f"SnapshotEnsemble(n_cycles={self.n_cycles}, cycle_len={self.cycle_len}, cycle_mult={self.cycle_mult}) spans {sum(lens)} epochs "
-                             f"but the fit has {self.n_epoch}: give it the arguments given to `fit_sgdr`, or none to find the cycles from the lr")
+            raise ValueError(f"SnapshotEnsemble(n_cycles={self.n_cycles}, cycle_len={self.cycle_len}, "
+                             f"cycle_mult={self.cycle_mult}) spans {sum(lens)} epochs "
+                             f"but the fit has {self.n_epoch}: give it the arguments given to `fit_sgdr`, or none to "
+                             f"find the cycles from the lr")
         return {e - 1 for e in itertools.accumulate(lens)}
 
     def restarts_after(self, epoch:int) -> bool|None:
-        "Whether the lr schedule restarts after `epoch`: falling at its last batch, higher at the next epoch's first; None without a `ParamScheduler`"
-        f = next((cb.scheds['lr'] for cb in self.learn.cbs if isinstance(cb, ParamScheduler) and 'lr' in cb.scheds), None)
+        """Whether the lr schedule restarts after `epoch`: falling at its last batch, higher at the next epoch's first;
+        None without a `ParamScheduler`"""
+        f = next((cb.scheds['lr'] for cb in self.learn.cbs if isinstance(cb, ParamScheduler) and 'lr' in cb.scheds),
+                 None)
         if f is None: return None
         # the schedule half a batch either side of the epoch's end, and a batch before: fastai's `combine_scheds` cuts
         # its cycles at float32 fractions of the fit, so the restart can fall a rounding error either side of the end
@@ -61,7 +70,8 @@ class SnapshotEnsemble(Callback):
         self.learn.snapshots, self.ends, self.pending, self.prev, self.last = self.snapshots, None, None, None, None
     def before_epoch(self): self.trained = False
     def before_train(self):
-        if self.ends is None: self.ends = self.cycle_ends() or set() # here: `validate` runs before_fit too, with a stale `n_epoch`
+        # here: `validate` runs before_fit too, with a stale `n_epoch`
+        if self.ends is None: self.ends = self.cycle_ends() or set()
     def after_train(self): self.trained, self.n_iter_train = True, self.n_iter
     def after_batch(self):
         if not self.training: return
@@ -77,19 +87,24 @@ class SnapshotEnsemble(Callback):
         restart = self.restarts_after(self.epoch)
         if self.n_cycles is not None:
             if restart is not None and restart != (self.epoch in self.ends):
-                raise ValueError(f"the lr schedule {'restarts' if restart else 'does not restart'} after epoch {self.epoch}, but SnapshotEnsemble(n_cycles={self.n_cycles}, "
-                                 f"cycle_len={self.cycle_len}, cycle_mult={self.cycle_mult}) has {'no ' if restart else ''}cycle end there: pass the arguments given to `fit_sgdr`, or none")
+                raise ValueError(f"the lr schedule {'restarts' if restart else 'does not restart'} after epoch "
+                                 f"{self.epoch}, but SnapshotEnsemble(n_cycles={self.n_cycles}, "
+                                 f"cycle_len={self.cycle_len}, cycle_mult={self.cycle_mult}) has "
+                                 f"{'no ' if restart else ''}cycle end there: pass the arguments given to `fit_sgdr`, "
+                                 f"or none")
             if self.epoch in self.ends: self._keep(self._weights())
         elif restart: self._keep(self._weights())
         elif restart is None and self.prev is not None and any(a < b for a, b in zip(self.last, self.prev)):
             self.pending = self._weights(), self.last # decided by the next epoch's first batch
     def after_fit(self): self.pending = None # a fit stopped before its next epoch: that epoch's end is no cycle's
 
-    def _weights(self): return {k: v.detach().to('cpu', copy=True) for k, v in get_model(self.model).state_dict().items()}
+    def _weights(self):
+        return {k: v.detach().to('cpu', copy=True) for k, v in get_model(self.model).state_dict().items()}
     def _keep(self, w):
         "Add weights `w` to the snapshots: in host memory, or written atomically into this callback's run folder"
         if not self.to_disk: self.snapshots.append(w); return
-        if self.run_dir is None: self.run_dir = from_rank0(_new_run(self.path/self.model_dir/self.fname) if rank_world()[0] == 0 else None)
+        if self.run_dir is None:
+            self.run_dir = from_rank0(_new_run(self.path/self.model_dir/self.fname) if rank_world()[0] == 0 else None)
         file = self.run_dir/f'{self.fname}_{len(self.snapshots):03d}.pth'
         if rank_world()[0] == 0: # every rank has the same weights: one writes, the others wait until it has
             with atomic_write(file) as tmp: torch.save(w, tmp)
@@ -99,7 +114,8 @@ class SnapshotEnsemble(Callback):
 def _lrs(opt): return [h['lr'] for h in opt.hypers]
 
 def _new_run(root):
-    "A new, empty folder `root/run_{r:03d}`, `r` one more than the last run there, made atomically: no two runs share one"
+    """A new, empty folder `root/run_{r:03d}`, `r` one more than the last run there, made atomically: no two runs share
+    one"""
     root.mkdir(parents=True, exist_ok=True)
     for r in itertools.count(1 + max([int(p.name[4:]) for p in root.glob('run_[0-9][0-9][0-9]')], default=-1)):
         try: (root/f'run_{r:03d}').mkdir(); return root/f'run_{r:03d}'
@@ -115,7 +131,8 @@ def _group_lrs(opt, lr) -> np.ndarray:
 def fit_sgdr_snapshots(self:Learner,
                        n_cycles:int, # cycles (and snapshots)
                        cycle_len:int, # epochs of the first cycle
-                       lr_max=None, # top of each cycle: float, slice or list (default `learn.lr`); e.g. `lr_find_bounds().lr_max`
+                       # top of each cycle: float, slice or list (default `learn.lr`); e.g. `lr_find_bounds().lr_max`
+                       lr_max=None,
                        lr_min=0., # floor of each cycle, in the same forms; e.g. `lr_find_bounds().lr_min`
                        cycle_mult:int=1, # each cycle is this many times longer than the one before
                        cbs=None, # more callbacks for this fit
@@ -128,18 +145,23 @@ def fit_sgdr_snapshots(self:Learner,
     if self.opt is None: self.create_opt()
     lo = _group_lrs(self.opt, lr_min)
     hi = _group_lrs(self.opt, self.lr if lr_max is None else lr_max)
-    if not (0 <= lo).all() or not (lo < hi).all(): raise ValueError(f"lr_min {lo.tolist()} must be >= 0 and below lr_max {hi.tolist()} in every parameter group")
+    if not (0 <= lo).all() or not (lo < hi).all():
+        raise ValueError(f"lr_min {lo.tolist()} must be >= 0 and below lr_max {hi.tolist()} in every parameter group")
     lens = [cycle_len * cycle_mult**i for i in range(n_cycles)]
     pcts = [l / sum(lens) for l in lens]
-    pcts[-1] = 1 - sum(pcts[:-1]) # fastai's `combine_scheds` asserts they sum to exactly 1 (six equal cycles sum to 0.9999999999999999)
+    # fastai's `combine_scheds` asserts they sum to exactly 1 (six equal cycles sum to 0.9999999999999999)
+    pcts[-1] = 1 - sum(pcts[:-1])
     sched = combine_scheds(pcts, [SchedCos(hi, lo)] * n_cycles)
     snap = SnapshotEnsemble(n_cycles, cycle_len, cycle_mult, **kwargs)
-    self.fit(sum(lens), cbs=[ParamScheduler({'lr': sched}), snap] + L(cbs), reset_opt=reset_opt, wd=wd, start_epoch=start_epoch)
+    self.fit(sum(lens), cbs=[ParamScheduler({'lr': sched}), snap] + L(cbs), reset_opt=reset_opt, wd=wd,
+             start_epoch=start_epoch)
 
 # %% ../../nbs/41_schedule.snapshot.ipynb #c953210d
 def _each_snapshot(learn, ds_idx, dl):
     "Each snapshot's activations on `dl` and its `validate` record; the learner's own weights are put back after"
-    if not len(getattr(learn, 'snapshots', [])): raise ValueError("learn.snapshots is empty: fit with `SnapshotEnsemble` (or `fit_sgdr_snapshots`), or `load_snapshots`, first")
+    if not len(getattr(learn, 'snapshots', [])):
+        raise ValueError("learn.snapshots is empty: fit with `SnapshotEnsemble` (or `fit_sgdr_snapshots`), or "
+                         "`load_snapshots`, first")
     dl = ifnone(dl, learn.dls[ds_idx].new(shuffle=False, drop_last=False))
     preds, records = [], []
     with kept_state(learn.model):
@@ -147,13 +169,15 @@ def _each_snapshot(learn, ds_idx, dl):
             if isinstance(s, dict): get_model(learn.model).load_state_dict(s)
             else: load_model(s, learn.model, None, with_opt=False, device=next(learn.model.parameters()).device)
             p, targs = learn.get_preds(dl=dl)
-            preds.append(p); records.append(list(learn.final_record)) # `get_preds` runs `validate`'s loop: the Recorder's loss and metrics
+            # `get_preds` runs `validate`'s loop: the Recorder's loss and metrics
+            preds.append(p); records.append(list(learn.final_record))
     return preds, targs, records, dl
 
 def _average(preds, weights):
     "The `weights`-weighted mean of `preds`"
     w = torch.ones(len(preds)) if weights is None else torch.as_tensor(weights, dtype=torch.float)
-    if w.shape != (len(preds),): raise ValueError(f"weights has {w.numel()} values for {len(preds)} snapshots: give one per snapshot")
+    if w.shape != (len(preds),):
+        raise ValueError(f"weights has {w.numel()} values for {len(preds)} snapshots: give one per snapshot")
     if (w < 0).any() or w.sum() <= 0: raise ValueError(f"weights {w.tolist()} must be >= 0 with a positive sum")
     return sum(wi * p for wi, p in zip(w.tolist(), preds)) / w.sum()
 
@@ -181,21 +205,25 @@ def _scores(loss_func, probs):
     for inv in (lambda p: p.clamp_min(1e-12).log(), lambda p: p.clamp(1e-7, 1 - 1e-7).logit(), noop):
         s = inv(probs)
         if torch.allclose(act(s), probs, atol=1e-5): return s
-    raise ValueError(f"can't invert the activation of {loss_func} to rate averaged probabilities: use `snapshot_preds` and your metric")
+    raise ValueError(f"can't invert the activation of {loss_func} to rate averaged probabilities: use `snapshot_preds` "
+                     f"and your metric")
 
 @patch
 def snapshot_report(self:Learner,
                     ds_idx:int=1, # the loader of `dls` to rate, if `dl` is None (1: valid)
                     dl=None, # a loader with targets
                     weights=None, # one weight per snapshot (default: equal)
-                    show_plot:bool=True, # plot each snapshot's last metric (its loss if there is none) beside the ensemble's
+                    # plot each snapshot's last metric (its loss if there is none) beside the ensemble's
+                    show_plot:bool=True,
                     figsize:tuple=(6, 3), # of the plot
                    ) -> pd.DataFrame:
-    "A table of each snapshot's loss and metrics beside the ensemble's (probabilities averaged with `weights`), with a plot"
+    """A table of each snapshot's loss and metrics beside the ensemble's (probabilities averaged with `weights`), with a
+    plot"""
     preds, targs, records, dl = _each_snapshot(self, ds_idx, dl)
     ens = self.validate(dl=dl, cbs=_Preds(_scores(self.loss_func, _average(preds, weights))))
     cols = ['loss'] + [m.name for m in self.metrics]
-    df = pd.DataFrame([list(map(float, r)) for r in records + [ens]], columns=cols, index=[f'snapshot {i}' for i in range(len(records))] + ['ensemble'])
+    df = pd.DataFrame([list(map(float, r)) for r in records + [ens]], columns=cols,
+                      index=[f'snapshot {i}' for i in range(len(records))] + ['ensemble'])
     if show_plot:
         c = cols[-1]
         _, ax = plt.subplots(figsize=figsize)
@@ -210,10 +238,12 @@ def load_snapshots(self:Learner,
                    fname:str='snapshot', # the `fname` given to `SnapshotEnsemble(to_disk=True, fname=...)`
                    run:int|None=None, # the run to load, the `r` of its folder `run_{r:03d}`; None: the last one
                   ) -> Learner:
-    "Point `learn.snapshots` at the snapshot files of one run, `learn.path/learn.model_dir/{fname}/run_{r:03d}/`, in cycle order"
+    """Point `learn.snapshots` at the snapshot files of one run, `learn.path/learn.model_dir/{fname}/run_{r:03d}/`, in
+    cycle order"""
     root = self.path/self.model_dir/fname
     runs = sorted(p for p in root.glob('run_[0-9][0-9][0-9]') if any(p.glob(f'{fname}_[0-9][0-9][0-9].pth')))
-    if not runs: raise ValueError(f"no snapshot runs in {root}: fit with `SnapshotEnsemble(to_disk=True, fname={fname!r})` first")
+    if not runs:
+        raise ValueError(f"no snapshot runs in {root}: fit with `SnapshotEnsemble(to_disk=True, fname={fname!r})` first")
     if run is None: d = runs[-1]
     elif (d := root/f'run_{run:03d}') not in runs:
         raise ValueError(f"no snapshot run {run} in {root}: the runs there are {[int(p.name[4:]) for p in runs]}")

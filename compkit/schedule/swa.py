@@ -17,10 +17,12 @@ __all__ = ['SWA']
 
 # %% ../../nbs/42_schedule.swa.ipynb #69d80bc3
 class SWA(Callback):
-    "Average the weights at each epoch's end from `start_pct` of the fit, at `swa_lr`; the fit ends on the average, its BatchNorm statistics recomputed"
+    """Average the weights at each epoch's end from `start_pct` of the fit, at `swa_lr`; the fit ends on the average,
+    its BatchNorm statistics recomputed"""
     order, run_valid = ParamScheduler.order + 1, False # once averaging starts, its lr overrides the schedule's
     def __init__(self,
-                 start_pct:float=0.75, # fraction of the epochs trained before averaging starts (Izmailov et al.: the last 25%)
+                 # fraction of the epochs trained before averaging starts (Izmailov et al.: the last 25%)
+                 start_pct:float=0.75,
                  swa_lr=None, # lr while averaging (float or one per parameter group); None: the lr at the start, held
                  anneal_epochs:int=1, # epochs to anneal from the lr at the start to `swa_lr` (`SWALR`)
                  anneal_strategy:str='cos', # 'cos' or 'linear' (`SWALR`)
@@ -33,13 +35,15 @@ class SWA(Callback):
         self.swa_model, self.lrs = None, None if self.opt is None else [h['lr'] for h in self.opt.hypers]
         if self.run: self.restore = on_fit_exit(self.learn, self._put_back) # however the fit ends
     def before_train(self):
-        if self.swa_model is None and self.epoch >= min(self.n_epoch - 1, int(self.start_pct * self.n_epoch)): self._start()
+        if self.swa_model is None and self.epoch >= min(self.n_epoch - 1,
+                                                        int(self.start_pct * self.n_epoch)): self._start()
     def before_batch(self):
         if self.swa_model is not None: self.opt.set_hyper('lr', [g['lr'] for g in self.swa_opt.param_groups])
     def after_train(self):
         if self.swa_model is None: return
         self.swa_model.update_parameters(self.model); self.epochs.append(self.epoch)
-        self.swa_opt.step(); self.sched.step() # the stand-in has no gradients: its step moves nothing, but torch expects one before the scheduler's
+        # the stand-in has no gradients: its step moves nothing, but torch expects one before the scheduler's
+        self.swa_opt.step(); self.sched.step()
         if self.epoch == self.n_epoch - 1: self._finish()
     def after_fit(self): self.restore()
     def _put_back(self):
@@ -54,8 +58,10 @@ class SWA(Callback):
         self.sched = SWALR(self.swa_opt, ifnone(self.swa_lr, lrs), self.anneal_epochs, self.anneal_strategy)
     def _finish(self):
         n_inp = getattr(self.dls, 'n_inp', 1)
-        if n_inp != 1: raise ValueError(f"SWA recomputes BatchNorm statistics with torch's `update_bn`, which feeds one input; this data has {n_inp}")
-        with torch.no_grad(): update_bn((b[0] for b in self.dls.train), self.swa_model) # fastai batches are (x, y) tuples: feed the inputs
+        if n_inp != 1: raise ValueError(f"SWA recomputes BatchNorm statistics with torch's `update_bn`, which feeds "
+                                        f"one input; this data has {n_inp}")
+        # fastai batches are (x, y) tuples: feed the inputs
+        with torch.no_grad(): update_bn((b[0] for b in self.dls.train), self.swa_model)
         _average_over_ranks(self.swa_model.buffers()) # in several processes each measured its own part of the data
         get_model(self.model).load_state_dict(self.swa_model.module.state_dict())
 

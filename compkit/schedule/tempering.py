@@ -18,16 +18,22 @@ __all__ = ['Tempering']
 _lr_power = {'sqrt': 0.5, 'linear': 1., 'none': 0.}
 
 class Tempering(Callback):
-    "Un-augmented data and batch size `bs_start` until overfitting (or `switch_epoch`), then augmented data at `bs_end`, the lr scaled by `lr_rule`"
+    """Un-augmented data and batch size `bs_start` until overfitting (or `switch_epoch`), then augmented data at
+    `bs_end`, the lr scaled by `lr_rule`"""
     order, run_valid = ParamScheduler.order + 1, False # rescales the lr the schedule has just set
     def __init__(self,
                  bs_start:int|None=None, # batch size before the switch (default: twice the training loader's)
                  bs_end:int|None=None, # batch size after it (default: the training loader's own)
-                 lr_rule:str='sqrt', # after the switch the lr is scaled by (bs_end/bs_start)**p: p=1/2 'sqrt', 1 'linear', 0 'none'
-                 patience:int=2, # switch once the valid loss has risen this many epochs in a row while the train loss fell
+                 # after the switch the lr is scaled by (bs_end/bs_start)**p: p=1/2 'sqrt', 1 'linear', 0 'none'
+                 lr_rule:str='sqrt',
+                 # switch once the valid loss has risen this many epochs in a row while the train loss fell
+                 patience:int=2,
                  gap:float|None=None, # or once valid_loss - train_loss exceeds this
-                 switch_epoch:int|None=None, # switch at the start of this epoch instead (epochs counted over every fit it takes part in)
-                 augs:list|None=None, # transforms held back until the switch (default: each train-only `RandTransform` of the training loader)
+                 # switch at the start of this epoch instead (epochs counted over every fit it takes part in)
+                 switch_epoch:int|None=None,
+                 # transforms held back until the switch (default: each train-only `RandTransform` of the training
+                 # loader)
+                 augs:list|None=None,
                 ):
         if lr_rule not in _lr_power: raise ValueError(f"lr_rule must be one of {list(_lr_power)}, not {lr_rule!r}")
         store_attr()
@@ -38,10 +44,13 @@ class Tempering(Callback):
         if not self.run: return
         dl, self.unscaled = self.dls.train, None
         self.orig = dl.bs, dl.after_item.fs, dl.after_batch.fs
-        aug = (lambda t: t in self.augs) if self.augs is not None else (lambda t: isinstance(t, RandTransform) and t.split_idx == 0)
+        aug = (lambda t: t in self.augs) if self.augs is not None else (lambda t: isinstance(t, RandTransform)
+                                                                        and t.split_idx == 0)
         self.plain = tuple(L(t for t in fs if not aug(t)) for fs in self.orig[1:])
         self.sizes = ifnone(self.bs_start, 2 * dl.bs), ifnone(self.bs_end, dl.bs)
-        if dl.drop_last and self.sizes[0] > dl.n: raise ValueError(f"bs_start={self.sizes[0]} is above the {dl.n} training items and the loader drops its last batch: nothing would train; lower bs_start")
+        if dl.drop_last and self.sizes[0] > dl.n: raise ValueError(f"bs_start={self.sizes[0]} is above the {dl.n} "
+                                                                   f"training items and the loader drops its last "
+                                                                   f"batch: nothing would train; lower bs_start")
         self.restore = on_fit_exit(self.learn, self._put_back) # however the fit ends
 
     def _apply(self):
@@ -72,14 +81,16 @@ class Tempering(Callback):
         if due:
             self.switched, self.switch_at = True, self.n_trained
             self._apply()
-            print(f"Tempering: switching to augmented data from epoch {self.n_trained}: bs {self.sizes[0]} -> {self.sizes[1]}, lr x{self.factor:.3g}")
+            print(f"Tempering: switching to augmented data from epoch {self.n_trained}: bs {self.sizes[0]} -> "
+                  f"{self.sizes[1]}, lr x{self.factor:.3g}")
 
     @staticmethod
     def overfitting(hist:list, # (train_loss, valid_loss) per epoch
                     patience:int=2, # rises of the valid loss in a row, each while the train loss fell
                     gap:float|None=None, # or a last valid_loss - train_loss above this
                    ) -> bool:
-        "Whether `hist` of (train_loss, valid_loss) ends with `patience` rises of the valid loss as the train loss falls, or a gap above `gap`"
+        """Whether `hist` of (train_loss, valid_loss) ends with `patience` rises of the valid loss as the train loss
+        falls, or a gap above `gap`"""
         if gap is not None and hist and hist[-1][1] - hist[-1][0] > gap: return True
         if len(hist) <= patience: return False
         last = hist[-patience-1:]
