@@ -198,7 +198,7 @@ def test_progressive_resize_runs_before_fastai_mixup(dls):
         def before_fit(self): self.shapes = []
         def before_batch(self):
             if self.training and self.iter == 0: self.shapes.append((tuple(self.xb[0].shape[-2:]),
-                                                                     float(self.mix_up.lam.min()) < 1))
+                                                                     float(torch.as_tensor(self.mix_up.lam).min()) < 1))
     learn, seen = timm_learner(dls, small_cnn()), Seen()
     with quiet(learn), learn.no_logging(): learn.fit(2, 1e-3, cbs=[ProgressiveResize({0: 10, 1: 16}), MixUp(0.4), seen])
     assert seen.shapes == [((10, 10), True), ((16, 16), True)]

@@ -50,10 +50,9 @@ def _beta(alpha:float, device:torch.device) -> Beta:
 
 def _plain(t:torch.Tensor) -> torch.Tensor: return t.as_subclass(torch.Tensor)
 
-def _per_item(lam:torch.Tensor, t:torch.Tensor) -> torch.Tensor|float:
-    "`lam` as the weight of `t`'s items: a float if it is one value on the host, else shaped to broadcast over them"
-    if lam.numel() == 1 and lam.device.type == 'cpu': return float(lam) # a host value: a scalar argument, no copy
-    return lam.view(-1, *[1] * (t.ndim - 1)).to(t.dtype)
+def _per_item(lam:torch.Tensor|float, t:torch.Tensor) -> torch.Tensor|float:
+    "`lam` as the weight of `t`'s items: a host float as it is (a scalar), a tensor shaped to broadcast over them"
+    return lam if isinstance(lam, float) else lam.view(-1, *[1] * (t.ndim - 1)).to(t.dtype)
 
 def _box(lam:float, size:tuple, rng:np.random.Generator) -> tuple:
     """A box (top, bottom, left, right) of about `1-lam` of an image of `size`, drawn on the host as `cutmix_weights`
@@ -141,16 +140,17 @@ class MixUpCutMix(Callback):
 def draw(self:MixUpCutMix, x:torch.Tensor, # the batch's images
         ) -> tuple:
     """The random part of a mix of `x`: each image's partner `perm`; the weight of its own image `w` (per batch: a float
-    for MixUp, a box (top, bottom, left, right) for CutMix; per image: pixel weights); each image's share of its targets `lam`"""
+    for MixUp, a box (top, bottom, left, right) for CutMix; per image: pixel weights); each image's share of its
+    targets `lam` (per batch a float, per image a tensor on the device)"""
     n, dev = len(x), x.device
     perm = self._perm(n, dev)
     if self.mode == 'batch': # λ, the box and the choice drawn on the host, as timm draws them: no device value is read
         rng = self._rng
         if not self.mixup_alpha or (self.cutmix_alpha and rng.random() < self.switch_prob):
             t, b, l, r = box = _box(float(rng.beta(self.cutmix_alpha, self.cutmix_alpha)), x.shape[-2:], rng)
-            return perm, box, torch.tensor([1 - (b - t) * (r - l) / (x.shape[-2] * x.shape[-1])]) # the area kept
+            return perm, box, 1 - (b - t) * (r - l) / (x.shape[-2] * x.shape[-1]) # λ: the area kept
         lam = float(rng.beta(self.mixup_alpha, self.mixup_alpha))
-        return perm, lam, torch.tensor([lam])
+        return perm, lam, lam
     if not self.mixup_alpha: return (perm, *cutmix_weights(_beta(self.cutmix_alpha, dev).sample((n,)), x.shape[-2:]))
     lam = _beta(self.mixup_alpha, dev).sample((n,))
     if not self.cutmix_alpha: return perm, _per_item(lam, x), lam
@@ -215,10 +215,10 @@ def mixed_loss(self:MixUpCutMix, lf, # the loss function, as the `Learner` calls
     """`lf`'s loss of a mixed batch: on the images' own targets `yb` (`loss`, if computed already) and on their
     partners' `yb1`, weighted by `lam`"""
     # one λ: mix the losses as reduced (a class-weighted mean stays one: the partners are a permutation)
-    if self.lam.numel() == 1:
+    if isinstance(self.lam, float) or self.lam.numel() == 1:
         l = lf(pred, *yb) if loss is None else loss
-        return torch.lerp(_loss(lf, pred, self.yb1), l,
-                          _per_item(self.lam, l) if self.lam.is_cpu else self.lam[0].to(l.dtype))
+        w = self.lam if isinstance(self.lam, float) else self.lam[0].to(l.dtype)
+        return torch.lerp(_loss(lf, pred, self.yb1), l, w)
     with NoneReduce(lf) as nlf: l, l1 = _loss(nlf, pred, yb), _loss(nlf, pred, self.yb1)
     n = len(self.lam)
     # reshape, not view: per-pixel losses of channels_last predictions need not be contiguous
