@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_data.ipynb #13ddf63c
 from __future__ import annotations
-import math
+import math, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -108,7 +108,7 @@ class DeviceDL(TfmdDL):
                  seed:int|None=None,
                  **kwargs): # passed to fastai's `TfmdDL`: `after_batch`, `device`, ...
         kwargs['num_workers'] = 0 # batches are gathered on the device: no worker processes
-        super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, **kwargs)
+        super().__init__(dataset, bs=_check_bs(bs), shuffle=shuffle, drop_last=drop_last, **kwargs)
         self.sampler, self.seed = sampler, ifnone(seed, draw_seed())
 
     @property
@@ -166,6 +166,12 @@ class DeviceDL(TfmdDL):
         return self
 
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_gen'} # generators don't pickle
+
+def _check_bs(bs, name='bs'):
+    "`bs` if it is a batch size (a whole number >= 1); a ValueError naming `name` otherwise, not a division by 0 later"
+    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, not {bs!r}")
+    return int(bs)
 
 def _rank_spans(n, bs, drop_last, rank, world):
     """(start, lo, hi) of each of `rank`'s batches: the `world` ranks take consecutive parts of each run of `bs*world`
@@ -240,16 +246,31 @@ def class_balance_weights(y:torch.Tensor, # class index of each item
     return len(y) / (len(count) * count.clamp_min(1))
 
 # %% ../nbs/10_data.ipynb #e7f73421
-def split_idxs(n, valid_pct=0.2, seed=None, valid_idx=None):
-    "Train and valid index tensors: `valid_idx` if given (checked), else a seeded random `valid_pct` of `n`"
+def split_idxs(n, # the number of items
+               valid_pct=0.2, # the random validation fraction, in [0, 1), when `valid_idx` is None
+               seed=None, # seeds the random split
+               valid_idx=None, # the validation items: indices, or a bool mask of `n` values (numpy, torch or a list)
+              ):
+    "Train and valid index tensors: `valid_idx` (indices or a bool mask), checked, else a random `valid_pct` of `n`"
     if n == 0: raise ValueError("the image set is empty")
     if valid_idx is None:
-        valid_idx = torch.randperm(n, generator=torch.Generator().manual_seed(ifnone(seed, draw_seed())))[:round(n*valid_pct)]
-    valid_idx = torch.as_tensor(np.asarray(valid_idx), dtype=torch.long).flatten()
-    if len(valid_idx) and (valid_idx.min() < 0 or valid_idx.max() >= n): raise ValueError(f"valid_idx must be in "
-                                                                                          f"0..{n-1}; it holds "
-                                                                                          f"{int(valid_idx.max() if valid_idx.max() >= n else valid_idx.min())}")
-    is_valid = torch.zeros(n, dtype=torch.bool); is_valid[valid_idx] = True
+        if not 0 <= valid_pct < 1: raise ValueError(f"valid_pct must be a fraction in [0, 1), not {valid_pct}")
+        gen = torch.Generator().manual_seed(ifnone(seed, draw_seed()))
+        valid_idx = torch.randperm(n, generator=gen)[:round(n*valid_pct)]
+    v = torch.as_tensor(np.asarray(valid_idx.cpu() if torch.is_tensor(valid_idx) else valid_idx))
+    if v.dtype == torch.bool: # a mask, as fastai's `IndexSplitter` does not take: read as indices it would be 0s and 1s
+        if v.shape != (n,):
+            raise ValueError(f"valid_idx is a bool mask of shape {tuple(v.shape)}; a mask has a value per item, ({n},)")
+        v = v.nonzero()
+    if v.numel() and (v.is_floating_point() or v.is_complex()):
+        raise ValueError(f"valid_idx must be integer indices or a bool mask, not {v.dtype}")
+    v = v.long().flatten()
+    if len(v) and (v.min() < 0 or v.max() >= n):
+        raise ValueError(f"valid_idx must be in 0..{n-1}; it holds {int(v.max() if v.max() >= n else v.min())}")
+    u, counts = v.unique(return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"valid_idx holds item {int(u[counts > 1][0])} {int(counts.max())} times: give each item once")
+    is_valid = torch.zeros(n, dtype=torch.bool); is_valid[v] = True
     if is_valid.all(): raise ValueError("every item is in the validation set: nothing is left to train on")
     return (~is_valid).nonzero().flatten(), is_valid.nonzero().flatten()
 
@@ -265,7 +286,7 @@ class DeviceDataLoaders(DataLoaders):
                      valid_pct:float=0.2, # random validation fraction, when `valid_idx` is None
                      seed:int|None=None, # seeds the split and the shuffles
                      bs:int=64, # training batch size
-                     valid_idx=None, # indices of the validation items (overrides `valid_pct`)
+                     valid_idx=None, # the validation items, indices or a bool mask (overrides `valid_pct`)
                      val_bs:int|None=None, # validation batch size (default `bs`)
                      # augmentations run on device on training batches (fastai's or compkit's)
                      batch_tfms:list|None=None,
@@ -279,12 +300,13 @@ class DeviceDataLoaders(DataLoaders):
                      path='.'):
         """Loaders from uint8 images `x` (N,C,H,W) and typed targets `ys`: the set moves to `device` once, batches are
         gathered there"""
-        x = check_image(torch.as_tensor(x))
-        if x.ndim != 4: raise ValueError(f"x must be a batch of images (N, C, H, W), not shape {tuple(x.shape)}")
+        x = _nchw(check_image(torch.as_tensor(x)))
+        bs, val_bs = _check_bs(bs), _check_bs(ifnone(val_bs, bs), 'val_bs')
         for y in ys:
             if len(y) != len(x): raise ValueError(f"x has {len(x)} images but y has {len(y)} labels: give exactly one "
                                                   f"label per image")
         train_idx, valid_idx = split_idxs(len(x), valid_pct, seed, valid_idx)
+        for y, v in zip(ys, tuple(vocabs) + (None,) * len(ys)): _check_classes_trained(y, v, train_idx, valid_idx)
         # the sampler draws on the host, with the loader's generator: its weights come from the labels there
         sampler = (None if oversample is False else WeightedSampler(oversample) if oversample is not True
                    else WeightedSampler.balanced(ys[0][train_idx].cpu()))
@@ -300,10 +322,29 @@ class DeviceDataLoaders(DataLoaders):
                                                            if normalize else [])
         train = DeviceDL(train_ds, bs=bs, shuffle=True, drop_last=len(train_ds) > bs, sampler=sampler, device=device,
                          seed=ifnone(seed, draw_seed()), after_batch=tfms + L(batch_tfms))
-        res = cls(train, train.new(valid_ds, bs=ifnone(val_bs, bs), shuffle=False, drop_last=False, sampler=None),
+        res = cls(train, train.new(valid_ds, bs=val_bs, shuffle=False, drop_last=False, sampler=None),
                   path=path, device=device)
         res.storage = 'host' if on_host else 'device'
         return res
+
+def _nchw(x):
+    "`x` if it is (N, C, H, W); a channels-last look (N, H, W, C) is refused: it would train as W-channel images"
+    if x.ndim != 4: raise ValueError(f"x must be a batch of images (N, C, H, W), not shape {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        raise ValueError(f"x has shape {tuple(x.shape)}: channels-last (N, H, W, C)? Tensors must be (N, C, H, W): "
+                         "permute them (x.permute(0, 3, 1, 2)), or pass numpy arrays in any layout to `from_arrays`")
+    return x
+
+def _check_classes_trained(y, vocab, train_idx, valid_idx):
+    "Refuse a split that leaves a class of the categorical target `y` only in the validation set: no model learns it"
+    if not isinstance(y, TensorCategory) or not len(valid_idx): return
+    y = y.as_subclass(torch.Tensor).cpu()
+    only = torch.isin(y[valid_idx].unique(), y[train_idx].unique(), invert=True)
+    if only.any():
+        c = int(y[valid_idx].unique()[only][0])
+        name = vocab[c] if vocab is not None else c
+        raise ValueError(f"class {name!r} has {int((y == c).sum())} item(s), all in the validation set "
+                         f"({int(only.sum())} class(es) in all): no model can learn it; move some to training, or drop the class")
 
 def _device_budget(device:torch.device) -> float:
     """Bytes of images to hold on `device`: half the free memory of a GPU, unlimited on the CPU (the set is in RAM
@@ -365,21 +406,78 @@ def from_arrays(cls:DeviceDataLoaders, x, y, size=None, method='letterbox', **kw
     return cls.from_tensors(images_from_arrays(x, size, method), y, method=method, **kwargs)
 
 @patch(cls_method=True)
-def from_df(cls:DeviceDataLoaders, df, path='.', fn_col=0, label_col=1, valid_col=None, size=224, method='letterbox',
-            channels=None, vocab=None, cache=True, cache_dir=None, **kwargs):
-    "Loaders from a DataFrame of image files (`fn_col`, relative to `path`) and labels, read and fitted to `size` once"
+def from_df(cls:DeviceDataLoaders,
+            df:pd.DataFrame, # one row per image
+            path='.', # the folder the file names are relative to
+            fn_col=0, # the column (name or position) of file names, or of numbers (Kaggle's ids) named by `pref`/`suff`
+            label_col=1, # the column of the labels
+            valid_col=None, # a column of bools, True for the validation items
+            folder:str|None=None, # the subfolder of `path` that holds the files, as in fastai
+            pref:str='', # put before each file name, as in fastai
+            suff:str='', # put after each file name (e.g. '.png' for Kaggle's ids), as in fastai
+            label_delim:str|None=None, # several labels per row split on this (' '): multi-label targets, as in fastai
+            size=224, method='letterbox', channels=None, vocab=None, cache=True, cache_dir=None, **kwargs):
+    """Loaders from a DataFrame of image files `path/folder/{pref}{fn}{suff}` and labels (several per row with
+    `label_delim`), read and fitted to `size` once"""
     # the fitted set is cached on disk for the next run (`load_images`'s `cache`, `cache_dir`)
     col = lambda c: df.iloc[:, c] if isinstance(c, int) else df[c]
-    y, vocab = class_labels(list(col(label_col)), vocab) # before reading any file: a bad label fails fast
-    if valid_col is not None: kwargs['valid_idx'] = np.flatnonzero(col(valid_col).to_numpy(bool))
-    x = load_images([Path(path)/f for f in col(fn_col)], size, method, channels, cache, cache_dir)
-    return cls.from_tensors(x, y, vocab=vocab, method=method, path=path, **kwargs)
+    root = Path(path) if folder is None else Path(path)/folder
+    files = [root/f'{pref}{f}{suff}' for f in col(fn_col)] # an int id makes a name too: no `Path / int`
+    for i, f in enumerate(files):
+        if not f.is_file():
+            raise ValueError(
+                f"row {i} ({col(fn_col).iloc[i]}): there is no file {f}; check `path`, `folder`, `pref`, `suff`")
+    labels = list(col(label_col))
+    # before reading any file: a bad label fails fast, naming its row
+    if label_delim is None: y, vocab = class_labels(labels, vocab)
+    else: y, vocab = _multi_labels(labels, label_delim, vocab)
+    if valid_col is not None: kwargs['valid_idx'] = col(valid_col).to_numpy(bool)
+    try: x = load_images(files, size, method, channels, cache, cache_dir)
+    except ValueError as e: # the message names the file; say which row it is
+        row = next((i for i, f in enumerate(files) if str(f) in str(e)), None)
+        if row is None: raise
+        raise ValueError(f"row {row}: {e}") from e
+    if label_delim is None: return cls.from_tensors(x, y, vocab=vocab, method=method, path=path, **kwargs)
+    return cls.from_targets(x, (TensorMultiCategory(y),), (vocab,), method=method, path=path, **kwargs)
+
+def _multi_labels(labels, delim, vocab=None):
+    "Multi-hot float targets (N, c) and their vocab from rows of `delim`-separated labels; an empty row has none"
+    rows = []
+    for i, l in enumerate(labels):
+        if l is None or (isinstance(l, float) and math.isnan(l)):
+            raise ValueError(f"row {i}'s labels are missing (NaN/None): give '' for an image with no label")
+        rows.append([s for s in str(l).split(delim) if s])
+    vocab = CategoryMap(sorted({s for r in rows for s in r}) if vocab is None else vocab, sort=False)
+    y = torch.zeros(len(rows), len(vocab))
+    for i, r in enumerate(rows):
+        for s in r:
+            if s not in vocab.o2i:
+                raise ValueError(f"row {i}'s label {s!r} is not one of the {len(vocab)} classes {list(vocab)[:10]}")
+            y[i, vocab.o2i[s]] = 1.
+    return y, vocab
 
 @patch(cls_method=True)
-def from_folder(cls:DeviceDataLoaders, path, valid='valid', size=224, method='letterbox', channels=None, **kwargs):
-    "Loaders from images in class-per-folder layout; files under a `valid` folder form the validation set, if any"
+def from_folder(cls:DeviceDataLoaders,
+                path, # the dataset's folder
+                train:str='train', # the folder of the training images, a folder per class, as in fastai
+                valid:str='valid', # the folder of the validation images, a folder per class, as in fastai
+                size=224, method='letterbox', channels=None,
+                **kwargs): # see `from_df`, `from_targets`: `valid_pct` splits `train` when there is no `valid` folder
+    """Loaders from images in fastai's layout, `path/train/<class>/` and `path/valid/<class>/`; with neither folder,
+    class folders straight under `path`, split at random"""
     path = Path(path)
-    files = get_image_files(path)
+    if (path/train).is_dir(): # fastai's layout: these two are read, and nothing else
+        files = get_image_files(path, folders=[train, valid])
+        rest = [f for f in get_image_files(path) if f.relative_to(path).parts[0] not in (train, valid)]
+        if rest:
+            tops = sorted({f.relative_to(path).parts[0] for f in rest})
+            warnings.warn(f"{len(rest)} image file(s) under {path} outside {train}/ and {valid}/ were not read "
+                          f"(in {tops[:5]}): "
+                          "pass train= and valid= to read other folders")
+    elif (path/valid).is_dir():
+        raise ValueError(f"{path} has a {valid}/ folder but no {train}/ folder: put the training images in "
+                         f"{path/train}/<class>/, or pass train=")
+    else: files = get_image_files(path) # class folders right under `path`, as fastai's `from_folder(valid_pct=)` reads
     if not files: raise ValueError(f"no image files under {path}")
     rel = [f.relative_to(path).parts for f in files]
     if any(p[0] == valid for p in rel): kwargs['valid_idx'] = [i for i, p in enumerate(rel) if p[0] == valid]
