@@ -344,7 +344,7 @@ def _check_classes_trained(y, vocab, train_idx, valid_idx):
         c = int(y[valid_idx].unique()[only][0])
         name = vocab[c] if vocab is not None else c
         raise ValueError(f"class {name!r} has {int((y == c).sum())} item(s), all in the validation set "
-                         f"({int(only.sum())} class(es) in all): no model learns it; move some to training or drop the class")
+                         f"({int(only.sum())} class(es) in all): no model learns it: move some to training")
 
 def _device_budget(device:torch.device) -> float:
     """Bytes of images to hold on `device`: half the free memory of a GPU, unlimited on the CPU (the set is in RAM
