@@ -4,7 +4,7 @@ ones, rank averages); pseudo-labelling end to end (an ensemble's predictions, co
 loaders, retraining, PK on top).
 Cross-validation with real fastai training: multi-head, multi-label and box targets, snapshots and TTA per fold,
 folds run apart and merged, pseudo-labels from the fold ensemble."""
-import itertools, warnings
+import itertools, os, subprocess, sys, warnings
 import numpy as np, pytest, torch, torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import nn
@@ -389,3 +389,33 @@ def test_cv_test_loader_equals_test_images():
     other = DeviceDataLoaders.from_tensorset(CV_D, seed=0) # other statistics than any fold's
     b = cross_validate(make, (CV_D.x[100:], CV_D.y[100:]), test=other.test_dl(CV_D.x[:100]), **kw)
     assert torch.allclose(a.test_preds, b.test_preds, atol=1e-5)
+
+CV_SCRIPT = '''
+import sys, torch
+from torch import nn
+from fastai.learner import Learner
+from fastai.metrics import accuracy
+from compkit.datasets import digits
+from compkit.predict.cv import cross_validate
+torch.set_num_threads(1)
+def net(): return nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                nn.Linear(16, 10))
+def fit(learn):
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-2)
+def run(**kw): return cross_validate(lambda dls: Learner(dls, net(), metrics=accuracy), digits(16), 3, fit=fit, seed=5, **kw)
+if __name__ == '__main__': run(path=sys.argv[1], folds=[int(k) for k in sys.argv[2].split(',')])
+'''
+
+def test_cv_folds_in_parallel_processes(tmp_path):
+    "The documented launch: processes started at once, each with its folds and the same seed, merge with `CVResult.load`"
+    (tmp_path/'cv_script.py').write_text(CV_SCRIPT)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': '', 'PYTHONPATH': os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, str(tmp_path/'cv_script.py'), str(tmp_path/'run'), folds], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for folds in ('0', '1,2')]
+    for p in procs: assert p.wait(timeout=600) == 0, p.stdout.read()[-3000:]
+    res = CVResult.load(tmp_path/'run')
+    sys.path.insert(0, str(tmp_path))
+    try: from cv_script import run
+    finally: sys.path.remove(str(tmp_path))
+    one = run() # the same folds in this one process
+    assert res.complete and torch.allclose(res.oof, one.oof, atol=1e-5) and res.score == pytest.approx(one.score)
