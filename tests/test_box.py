@@ -13,8 +13,8 @@ from fastai.vision.core import TensorBBox
 from fastai.torch_core import TensorImage
 from compkit.datasets import digit_boxes
 from compkit.data import DeviceDataLoaders
-from compkit.augment import (RandomPadCrop, RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting, RandomRotate90,
-                             RandomPerspective)
+from compkit.augment import (RandomPadCrop, RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting,
+                             RandomRotate90, RandomPerspective)
 from compkit.box.data import check_boxes, fit_boxes
 from compkit.box.model import box_learner
 from compkit.box.ops import paired_box_iou
@@ -157,7 +157,8 @@ def extents(masks, thresh):
 @pytest.mark.parametrize('tfms,tol',
                          [([RandomFlip(p=0.5)], 0), ([RandomFlip(p=0.5, dim=-2)], 0), ([RandomPadCrop(4, 'zeros')], 0),
                           ([RandomResizedCrop((0.4, 1.))], 1.01), ([RandomAffine(max_rotate=0., max_zoom=1.3)], 1.01),
-                          ([RandomPadCrop(3, 'zeros'), RandomFlip(), RandomResizedCrop((0.5, 1.)), RandomLighting()], 1.01),
+                          ([RandomPadCrop(3, 'zeros'), RandomFlip(), RandomResizedCrop((0.5, 1.)), RandomLighting()],
+                           1.01),
                           ([RandomRotate90(transpose=True)], 0), ([RandomPerspective(0.3, p=0.8)], 1.01),
                           ([RandomRotate90(), RandomPerspective(0.2), RandomFlip()], 1.01)])
 def test_boxes_move_with_their_images_through_the_loader(tfms, tol):

@@ -14,8 +14,8 @@ import fastai.callback.channelslast # Learner.to_channelslast
 from compkit.core import seed_everything
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders, image_stats
-from compkit.augment import (RandomPadCrop, RandomResizedCrop, RandomRotate90, RandomPerspective, ColorJitter, GaussianBlur,
-                             GaussianNoise, RandomErasing, KorniaAugment)
+from compkit.augment import (RandomPadCrop, RandomResizedCrop, RandomRotate90, RandomPerspective, ColorJitter,
+                             GaussianBlur, GaussianNoise, RandomErasing, KorniaAugment)
 from compkit.learner import timm_learner, TorchAdamW
 from compkit.folds import kfold_splits, device_dataset, fold_dataloaders
 from compkit.classify.mixup import MixUp, CutMix
@@ -97,10 +97,10 @@ def test_augmentations_repeat_under_a_seed():
     assert torch.equal(a, b) and not torch.equal(b, c)
 
 def test_new_augmentations_train_repeat_and_leave_the_valid_set():
-    "Each new transform (and kornia's through the adapter) in a real fit: finite losses, a seeded pass repeats, valid untouched"
+    "Each new transform (and kornia's, adapted) in a real fit: finite losses, a seeded pass repeats, valid untouched"
     import kornia.augmentation as K
-    tfms = [RandomRotate90(transpose=True), RandomPerspective(0.3), ColorJitter(0.3, 0.3), GaussianBlur(3), GaussianNoise(sigma=0.05),
-            RandomErasing(), KorniaAugment(K.RandomAffine(10, p=0.5))]
+    tfms = [RandomRotate90(transpose=True), RandomPerspective(0.3), ColorJitter(0.3, 0.3), GaussianBlur(3),
+            GaussianNoise(sigma=0.05), RandomErasing(), KorniaAugment(K.RandomAffine(10, p=0.5))]
     dls, plain = dls_(batch_tfms=tfms), dls_()
     learn = Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
