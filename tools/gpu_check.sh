@@ -3,7 +3,9 @@
 # tools/gpu_wheels.sh here, with `.whl` carried:  bash tools/gpu_check.sh [tests|bench|all]   (default all)
 # Installs the carried wheels beside the image's torch (as the developers' guide describes), then `make test-cuda`'s
 # steps, the demo and every bench, each log under $OUT (the tool brings back at most 8 files: these are 5 or 6).
-# Budget: a lease has 15 minutes of device time and 10 per command; `tests` and `bench` fit one command each.
+# Budget: a lease has 15 minutes of device time and 10 per command; `tests` and `bench` fit one command each:
+#   run(command="bash tools/gpu_check.sh tests", carry=[".whl"], timeout_s=600), then the same with `bench`.
+# Then: the tables of $OUT/BENCHMARKS.md into BENCHMARKS.md, and a note of what failed in test_cuda.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}; OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
@@ -16,9 +18,9 @@ python3 -c "import torch, fastai, timm; print('torch', torch.__version__, 'fasta
 status=0
 if [ "$what" != bench ]; then
   # make test-cuda without make's venv: every notebook (4 at once: 16 cores there), then pytest on 4 workers
-  NB_WORKERS=4 PYTHON=python3 timeout 480 tools/test_cuda.sh -n 4 -rfEs > "$OUT/test_cuda.log" 2>&1 || status=1
+  NB_WORKERS=4 PYTHON=python3 timeout 450 tools/test_cuda.sh -n 4 -rfEs > "$OUT/test_cuda.log" 2>&1 || status=1
   tail -5 "$OUT/test_cuda.log"
-  timeout 120 python3 -m compkit.demo --out /tmp/demo_out > "$OUT/demo.log" 2>&1 || status=1
+  timeout 90 python3 -m compkit.demo --out /tmp/demo_out > "$OUT/demo.log" 2>&1 || status=1
   tail -3 "$OUT/demo.log"
 fi
 if [ "$what" != tests ]; then
