@@ -69,11 +69,13 @@ for xb in batches:
 runs = {'floor: 10 bare forwards per batch': (floor, 10), 'tta10 (1 view per pass, CPU default)': (tta10, 10),
         'tta10 chunk=10 (one 640-image pass per batch)': (lambda: tta10(chunk=10), 10),
         "ttach's pattern, sequential per view": (ttach_pattern, 10), 'fastai Learner.tta (n=4)': (fastai_tta, 5)}
+# a GPU runs the passes after the host queues them: each timing ends when the GPU is done (the floor returns nothing)
+sync = torch.cuda.synchronize if dls.device.type == 'cuda' else (lambda: None)
 for f, _ in runs.values(): f() # warm up: kernel selection, first-call allocations
 times = {k: [] for k in runs}
 for r in range(args.reps): # interleaved, so that a burst of load on the shared machine hits every method alike
     for k, (f, _) in runs.items():
-        t0 = time.perf_counter(); f(); times[k].append(time.perf_counter() - t0)
+        sync(); t0 = time.perf_counter(); f(); sync(); times[k].append(time.perf_counter() - t0)
 best = {k: min(v) for k, v in times.items()}
 # median of same-round ratios
 def ratio(k, to): return float(torch.tensor(times[k]).div(torch.tensor(times[to])).median())
