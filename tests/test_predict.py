@@ -398,16 +398,17 @@ from fastai.metrics import accuracy
 from compkit.datasets import digits
 from compkit.predict.cv import cross_validate
 torch.set_num_threads(1)
-def net(): return nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                nn.Linear(16, 10))
+def net(): return nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                nn.Flatten(), nn.Linear(16, 10))
 def fit(learn):
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-2)
-def run(**kw): return cross_validate(lambda dls: Learner(dls, net(), metrics=accuracy), digits(16), 3, fit=fit, seed=5, **kw)
+def make(dls): return Learner(dls, net(), metrics=accuracy)
+def run(**kw): return cross_validate(make, digits(16), 3, fit=fit, seed=5, **kw)
 if __name__ == '__main__': run(path=sys.argv[1], folds=[int(k) for k in sys.argv[2].split(',')])
 '''
 
 def test_cv_folds_in_parallel_processes(tmp_path):
-    "The documented launch: processes started at once, each with its folds and the same seed, merge with `CVResult.load`"
+    "The documented launch: processes started at once, each its folds with the same seed, merge in `CVResult.load`"
     (tmp_path/'cv_script.py').write_text(CV_SCRIPT)
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': '', 'PYTHONPATH': os.pathsep.join(sys.path)}
     procs = [subprocess.Popen([sys.executable, str(tmp_path/'cv_script.py'), str(tmp_path/'run'), folds], env=env,
