@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-import hashlib, json, math, os, tempfile, time
+import hashlib, json, math, os, tempfile, threading, time
 import numpy as np, torch
 from PIL import Image
 import torchvision.transforms.v2.functional as TF
@@ -112,10 +112,10 @@ def load_images(paths:list, # image files
     shape = (len(paths), *first.shape)
     np.lib.format.open_memmap(partial, mode='w+', dtype=np.uint8, shape=shape).flush() # header and length; rows follow
     offset, row = partial.stat().st_size - math.prod(shape), math.prod(shape[1:])
-    fd = os.open(partial, os.O_RDWR)
+    fd = os.open(partial, os.O_RDWR | getattr(os, 'O_BINARY', 0))
     try:
         # rows are written to the file, not kept in memory: a set larger than RAM needs about one image per thread
-        def put(i, img): os.pwrite(fd, img.numpy().tobytes(), offset + i * row)
+        def put(i, img): _pwrite(fd, img.numpy().tobytes(), offset + i * row)
         reused = _reuse_rows(folder, params, files, shape, put)
         _decode_all(paths, read, put, first, n_workers, skip=reused)
         os.fsync(fd)
@@ -133,6 +133,12 @@ def _mapped(fn):
     x = torch.from_numpy(np.load(fn, mmap_mode='c'))
     x.mapped_from = fn # `mapped_rows` splits it into files beside this one, never into memory
     return x
+
+_lock = threading.Lock()
+def _pwrite(fd, data, at):
+    "`os.pwrite` from any thread; where there is none (Windows), a seek and a write under a lock"
+    if hasattr(os, 'pwrite'): return os.pwrite(fd, data, at)
+    with _lock: os.lseek(fd, at, os.SEEK_SET); os.write(fd, data)
 
 def _file_stats(paths):
     "[path, bytes, mtime in ns] of each file: the cache key; a missing file raises naming it"
