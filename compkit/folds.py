@@ -10,7 +10,7 @@ from fastcore.basics import ifnone
 from fastcore.foundation import L
 from fastai.torch_core import TensorImage, TensorCategory, TensorMultiCategory
 from fastai.data.transforms import CategoryMap
-from .core import get_device
+from .core import get_device, draw_seed
 from .ingest import check_image, class_labels
 from .datasets import TensorSet
 from .augment import IntToFloatTensor, Normalize
@@ -68,7 +68,7 @@ def kfold_splits(y=None, # targets: class labels (N,) or multi-hot (N, C); None:
     if groups is not None and (ng := len(np.unique(_np(groups)))) < n_splits:
         raise ValueError(f"there are {ng} groups, fewer than n_splits={n_splits}: a group is never split, "
                          "so each fold needs one at least")
-    seed = ifnone(seed, int(torch.randint(2**31, ()))) # scikit-learn's random_state is below 2**32
+    seed = ifnone(seed, draw_seed() % 2**32) # scikit-learn's random_state is below 2**32
     strat = stratify and y is not None
     folds = _splitter(y, n_splits, groups, strat, seed).split(np.zeros((N, 1)), y if strat else None,
                                                               None if groups is None else _np(groups))
@@ -174,7 +174,7 @@ def fold_dataloaders(ds:DeviceDataset, # the whole set (`device_dataset`), on th
     sampler = (None if oversample is False else WeightedSampler.balanced(train_ds.ys[0]) if oversample is True
                else WeightedSampler(oversample))
     train = DeviceDL(train_ds, bs=bs, shuffle=True, drop_last=len(train_ds) > bs, sampler=sampler, device=device,
-                     seed=ifnone(seed, int(torch.randint(2**62, ()))), after_batch=tfms + L(batch_tfms))
+                     seed=ifnone(seed, draw_seed()), after_batch=tfms + L(batch_tfms))
     valid = train.new(valid_ds, bs=ifnone(val_bs, bs), shuffle=False, drop_last=False, sampler=None)
     res = DeviceDataLoaders(train, valid, path=path, device=device)
     res.storage = 'host' if _kept_on_host(ds.x, device) else 'device'

@@ -13,7 +13,7 @@ from fastcore.basics import ifnone, getcallable, detuplify, noop
 from fastai.torch_core import to_detach, to_concat, to_cpu, TensorCategory, TensorMultiCategory
 from fastai.callback.core import Callback
 from fastai.learner import mk_metric, save_model
-from ..core import seed_everything, atomic_write
+from ..core import seed_everything, draw_seed, atomic_write
 from ..data import DeviceDL
 from ..folds import kfold_splits, device_dataset, fold_dataloaders
 import fastai.callback.schedule, fastai.callback.progress # `fit_one_cycle` (the default `fit`), `no_bar`
@@ -283,7 +283,7 @@ def cross_validate(make_learner, # `make_learner(dls)` → a fresh `Learner` on 
     if path is not None and (Path(path)/'cv.pt').is_file() and seed is None and splits is None:
         man = torch.load(Path(path)/'cv.pt', weights_only=False) # resuming: the run's own seed and splits
         seed, splits = man['seed'], man['splits']
-    seed = ifnone(seed, int(torch.randint(2**31, ())))
+    seed = ifnone(seed, draw_seed() % 2**31) # numpy's seeds (`seed_everything(seed + fold)`) are below 2**32
     if splits is None:
         y0 = ds.ys[0]
         strat = stratify and isinstance(y0, (TensorCategory, TensorMultiCategory))
