@@ -193,6 +193,14 @@ class RandomResizedCrop(_ItemAffineTransform):
     def __init__(self, scale:tuple=(0.35, 1.), # range of the crop's area, as a fraction of the image's
                  ratio:tuple=(3/4, 4/3), # range of the crop's aspect ratio (width / height)
                  p:float=1.):
+        # fastai's `RandomResizedCrop(size, min_scale)` resizes items to `size`; this one keeps the size: refuse that
+        if not (isinstance(scale, (tuple, list)) and len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"scale must be a (min, max) fraction of the image's area in (0, 1], not {scale!r}: "
+                             "compkit's "
+                             "RandomResizedCrop keeps the image size (fitted at ingest); "
+                             "fastai's RandomResizedCrop(size) is an item transform")
+        if not (isinstance(ratio, (tuple, list)) and len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"ratio must be a (min, max) aspect ratio (width / height), not {ratio!r}")
         super().__init__(p=p); store_attr('scale,ratio')
     def draw(self, n, device):
         r0, r1 = map(math.log, self.ratio)

@@ -16,6 +16,7 @@ from fastai.callback.core import Callback
 from fastai.distributed import DistributedTrainer, DistributedDL
 from fastai.losses import CrossEntropyLossFlat, BCEWithLogitsLossFlat
 from fastai.data.transforms import Category, MultiCategory, CategoryMap, get_image_files
+from fastai.vision.core import TensorImageBW
 import fastai.vision.data # registers `show_batch` and `show_results` for `TensorImage` batches
 from .core import get_device, device_generator, draw_seed, rank_world, from_rank0
 from .ingest import fit_image, check_image, class_labels, load_images, images_from_arrays, mapped_rows
@@ -23,8 +24,8 @@ from .datasets import TensorSet
 from .augment import IntToFloatTensor, Normalize # fastai's, without per-element type dispatch
 
 # %% auto #0
-__all__ = ['DeviceDataset', 'DeviceDL', 'UnwrapDeviceDL', 'image_stats', 'WeightedSampler', 'class_balance_weights', 'split_idxs',
-           'DeviceDataLoaders', 'with_train']
+__all__ = ['DeviceDataset', 'TensorImageGray', 'DeviceDL', 'UnwrapDeviceDL', 'image_stats', 'WeightedSampler',
+           'class_balance_weights', 'split_idxs', 'DeviceDataLoaders', 'with_train']
 
 # %% ../nbs/10_data.ipynb #c6acf3ff
 class DeviceDataset:
@@ -46,7 +47,9 @@ class DeviceDataset:
     def __getitem__(self, idx): return self.items(idx)
     def items(self, idx):
         "The images and targets at `idx` (an int or an index tensor on `x`'s device): a whole batch in one gather each"
-        return (_rows(self.x, idx).as_subclass(TensorImage), *(_gather(y, idx) for y in self.ys))
+        x = _rows(self.x, idx)
+        x = x.as_subclass(TensorImageGray if x.shape[-3] == 1 else TensorImage) # 1 channel: shown in gray
+        return (x, *(_gather(y, idx) for y in self.ys))
     @property
     def vocab(self): return self.vocabs[0] if self.vocabs else None
     @property
@@ -59,7 +62,8 @@ class DeviceDataset:
                 else CrossEntropyLossFlat() if isinstance(y, TensorCategory) else None)
     def decode(self, o, full=True): return (o[0], *(_decode_target(t, v) for t, v in zip(o[1:], self.vocabs)))
     def new(self, x, ys=(), split_idx=None): return type(self)(x, ys, self.vocabs, split_idx, self.method)
-    def new_empty(self): return self.new(self.x[:0], tuple(y[:0] for y in self.ys), self.split_idx)
+    # copies: a slice `x[:0]` is a view that pickles (`learn.export`) the whole image set with it
+    def new_empty(self): return self.new(self.x[:0].clone(), tuple(y[:0].clone() for y in self.ys), self.split_idx)
     @contextmanager
     def set_split_idx(self, i:int):
         """Temporarily give the dataset split `i` (0: the training transforms run), as fastai's `Datasets.set_split_idx`
@@ -72,6 +76,10 @@ class DeviceDataset:
         if not keep_x_on_host: self.x = self.x.to(device)
         self.ys = tuple(y.to(device) for y in self.ys)
         return self
+
+class TensorImageGray(TensorImageBW):
+    "A 1-channel `TensorImage`, shown in gray wherever fastai shows images (its `TensorImageBW` uses 'Greys', inverted)"
+    _show_args = {'cmap': 'gray'}
 
 def _rows(t, idx):
     """`t[idx]`; for an index tensor, `index_select`, which copies whole rows (15x faster than advanced indexing on the
@@ -155,6 +163,11 @@ class DeviceDL(TfmdDL):
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **{'sampler': self.sampler, 'seed': self.seed, **kwargs})
 
+    @property
+    def items(self):
+        "The items as fastai's `Interpretation` indexes them (`dl.items.iloc[idxs]`): a `DeviceDataset` of those items"
+        return _Rows(self.dataset)
+
     def to(self, device):
         """Put the batches, the data (images stay on the host if they were kept there) and the transforms' tensors on
         `device`"""
@@ -172,6 +185,16 @@ def _check_bs(bs, name='bs'):
     if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
         raise ValueError(f"{name} must be a whole number >= 1, not {bs!r}")
     return int(bs)
+
+class _Rows:
+    "`DeviceDL.items`: indexing gives a `DeviceDataset` of those items, which `DeviceDataLoaders.test_dl` takes"
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    @property
+    def iloc(self): return self # fastai indexes `dl.items.iloc` when there is one, as for a DataFrame
+    def __getitem__(self, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long).view(-1)
+        return self.ds.new(_rows(self.ds.x, idx), tuple(_gather(y, idx.to(y.device)) for y in self.ds.ys), split_idx=1)
 
 def _rank_spans(n, bs, drop_last, rank, world):
     """(start, lo, hi) of each of `rank`'s batches: the `world` ranks take consecutive parts of each run of `bs*world`
@@ -374,13 +397,18 @@ def from_tensorset(cls:DeviceDataLoaders, ts:TensorSet, **kwargs):
 # %% ../nbs/10_data.ipynb #65d3816f
 @patch
 def test_dl(self:DeviceDataLoaders,
-            items, # uint8 images: a tensor/array (N,...) or a list of arrays, tensors (C,H,W) or image files
+            items, # uint8 images: a tensor/array (N,...), a list of arrays, tensors (C,H,W) or files; a `DeviceDataset`
             labels=None, # optional class labels, for `get_preds` with targets
             rm_type_tfms=None, # accepted for fastai's `Learner.predict`; unused
             size:int|tuple|None=None, # fit the images to this size instead (a global-pooling model can test larger)
             **kwargs): # passed to `DeviceDL.new`
     "A loader for new images, fitted to the training size (or `size`) as at ingest, with the validation transforms"
     ds = self.valid_ds
+    if isinstance(items, DeviceDataset): # rows, with targets: fastai's `Interpretation` passes `dl.items[idxs]`
+        new_ds = items if kwargs.pop('with_labels', True) else items.new(items.x, (), split_idx=1)
+        kwargs.pop('process', None)
+        new_ds = new_ds.to(self.device, keep_x_on_host=_kept_on_host(new_ds.x, self.device))
+        return self.valid.new(new_ds, **{'shuffle': False, 'drop_last': False, **kwargs})
     size = tuple(ds.x.shape[-2:]) if size is None else (size, size) if isinstance(size, int) else tuple(size)
     channels = ds.x.shape[1]
     items = items if isinstance(items, (np.ndarray, torch.Tensor)) else list(items)
@@ -398,6 +426,14 @@ def test_dl(self:DeviceDataLoaders,
 def class_weights(self:DeviceDataLoaders):
     "`class_balance_weights` of the training set's classes, on the device: the `weight` for a class-weighted loss"
     return class_balance_weights(self.train_ds.ys[0], self.c).to(self.device)
+
+@patch
+def new_empty(self:DeviceDataLoaders):
+    "Loaders with no items, for `learn.export`: transforms, vocab, image size; no images, targets nor sampler weights"
+    loaders = [dl.new(dl.dataset.new_empty(), sampler=None) for dl in self.loaders]
+    res = type(self)(*loaders, path=self.path, device=self.device)
+    res.storage = getattr(self, 'storage', None)
+    return res
 
 # %% ../nbs/10_data.ipynb #92040a04
 @patch(cls_method=True)

@@ -4,15 +4,17 @@
 
 # %% ../nbs/17_precision.ipynb #bb87d570
 from __future__ import annotations
+import warnings
 import torch
 from torch.amp import GradScaler, autocast
-from fastcore.basics import patch
+from fastcore.basics import patch, defaults
 from fastcore.foundation import L
 from fastai.learner import Learner
+from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 
 # %% auto #0
-__all__ = ['DeviceMixedPrecision']
+__all__ = ['DeviceMixedPrecision', 'AmpDeviceCheck']
 
 # %% ../nbs/17_precision.ipynb #c91db699
 class DeviceMixedPrecision(MixedPrecision):
@@ -35,3 +37,18 @@ def to_device_amp(self:Learner,
                   **kwargs): # passed to torch's `GradScaler` (fp16 only)
     "Train and predict in mixed precision on the model's device, as fastai's `to_bf16`/`to_fp16` do on a GPU"
     return self.add_cb(DeviceMixedPrecision(amp_mode, **kwargs))
+
+# %% ../nbs/17_precision.ipynb #b1217be3
+class AmpDeviceCheck(Callback):
+    "In every `Learner`: a warning when fastai's `to_fp16`/`to_bf16` would train a model off the GPU in float32"
+    order = MixedPrecision.order - 1
+    def before_fit(self):
+        mp = [cb for cb in self.learn.cbs if type(cb) is MixedPrecision] # fastai's own: it autocasts CUDA only
+        dev = next(self.model.parameters(), torch.empty(0)).device.type
+        if mp and dev != 'cuda':
+            warnings.warn(f"fastai's to_{AMPMode(mp[0].amp_mode).value}() autocasts on CUDA only: this model is on the "
+                          f"{dev}, so it trains in float32. For mixed precision on the {dev}, "
+                          "use learn.to_device_amp('bf16') (compkit)")
+
+# in every Learner, as fastai adds its `ProgressCallback`
+if AmpDeviceCheck not in defaults.callbacks: defaults.callbacks.append(AmpDeviceCheck)

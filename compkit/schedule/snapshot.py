@@ -243,7 +243,7 @@ def load_snapshots(self:Learner,
     root = self.path/self.model_dir/fname
     runs = sorted(p for p in root.glob('run_[0-9][0-9][0-9]') if any(p.glob(f'{fname}_[0-9][0-9][0-9].pth')))
     if not runs:
-        raise ValueError(f"no snapshot runs in {root}: fit with `SnapshotEnsemble(to_disk=True, fname={fname!r})` first")
+        raise ValueError(f"no snapshot runs in {root}: fit with `SnapshotEnsemble(to_disk=True, fname={fname!r})`")
     if run is None: d = runs[-1]
     elif (d := root/f'run_{run:03d}') not in runs:
         raise ValueError(f"no snapshot run {run} in {root}: the runs there are {[int(p.name[4:]) for p in runs]}")
