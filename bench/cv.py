@@ -2,7 +2,7 @@
 (a) the floor: the same number of single fits on one set of loaders built once, and (b) fastai's usual loop: a
 `DataBlock` per fold reading the images from files; with each one's out-of-fold accuracy.
 
-    python bench/cv.py [--folds 5] [--epochs 2] [--size 16] [--reps 1] [--threads 1]
+    python bench/cv.py [--folds 5] [--epochs 2] [--size 16] [--reps 1] [--threads 1] [--n 1797]
 
 Digits (1,797 real scans) at `size` px, a resnet10t trained `epochs` epochs per fold (one cycle, batch size 64, no
 augmentation), the same model and schedule in every method. The files for fastai's loop are written once, untimed.
@@ -29,13 +29,14 @@ p.add_argument('--folds', type=int, default=5)
 p.add_argument('--epochs', type=int, default=2)
 p.add_argument('--size', type=int, default=16)
 p.add_argument('--reps', type=int, default=1)
+p.add_argument('--n', type=int, default=None, help='only the first n images (a quick check)')
 p.add_argument('--threads', type=int, default=None,
                help="torch's CPU threads (default: torch's choice); 1 on a machine shared with other jobs")
 args = p.parse_args()
 if args.threads: torch.set_num_threads(args.threads)
 
 d = digits(args.size)
-x, y = d.x, d.y
+x, y = d.x[:args.n], d.y[:args.n]
 splits = kfold_splits(y, args.folds, seed=0)
 def fit(learn):
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(args.epochs, 3e-3)

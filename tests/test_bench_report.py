@@ -60,3 +60,12 @@ def test_fit_bench_smoke():
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [l for l in r.stdout.splitlines() if l.startswith('| resnet10t, 16 | 2 + 1 |')]
     assert len(rows) == 5 and rows[0].split(' | ')[4] == '1.00x', r.stdout   # the floor, then each fit against it
+
+def test_cv_bench_smoke():
+    "bench/cv.py runs end to end on the CPU (2 folds of 200 images, one epoch): compkit's CV, the floor, fastai's loop"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    r = subprocess.run([sys.executable, 'bench/cv.py', '--folds', '2', '--epochs', '1', '--size', '8', '--n', '200'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [l for l in r.stdout.splitlines() if l.startswith('| ') and 'x |' in l]
+    assert len(rows) == 3 and rows[0].split(' | ')[2] == '1.00x', r.stdout # compkit first, the others against it
