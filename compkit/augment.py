@@ -427,12 +427,7 @@ class RandomRotate90(_ItemRandTransform):
     def A(self): return _d4(self.code.device)[self.code] # (n, 2, 2): where each item's pixels go, about the centre
     def image(self, x):
         n, c, s, _ = x.shape
-        centres = torch.arange(s, device=x.device) * 2 + 1 - s # twice each pixel centre's offset from the image centre
-        grid = torch.stack(torch.broadcast_tensors(centres[None, :], centres[:, None]), -1) # (s, s, 2): pixels' (x, y)
-        # the source of each pixel, A^-1 p = A^T p, as products and sums (CUDA has no integer matmul)
-        A, (gx, gy) = self.A[:, :, :, None, None], grid.unbind(-1) # (n, 2, 2, 1, 1); (s, s) each
-        sx, sy = A[:, 0, 0] * gx + A[:, 1, 0] * gy, A[:, 0, 1] * gx + A[:, 1, 1] * gy # (n, s, s)
-        idx = ((sy + s - 1) // 2 * s + (sx + s - 1) // 2).view(n, 1, s * s)
+        idx = _d4_sources(s, x.device)[self.code].view(n, 1, s * s) # each item's permutation of the pixels
         return x.reshape(n, c, s * s).gather(2, idx.expand(n, c, s * s)).view(n, c, s, s)
     def move_boxes(self, b):
         half = self.hw[0] / 2
@@ -440,6 +435,16 @@ class RandomRotate90(_ItemRandTransform):
         out = (corners @ self.A.to(b.dtype)[:, None].transpose(-1, -2)) + half
         return torch.cat([out.amin(-2), out.amax(-2)], -1)
     def skip(self, items): self.code = self.code.masked_fill(items, 0)
+
+@functools.lru_cache(maxsize=16)
+def _d4_sources(s, device):
+    "(8, s*s): for each symmetry of an `s` x `s` image, the source of each pixel; made once per size and device"
+    centres = torch.arange(s, device=device) * 2 + 1 - s # twice each pixel centre's offset from the image centre
+    gx, gy = torch.broadcast_tensors(centres[None, :], centres[:, None]) # (s, s): each pixel's (x, y)
+    # A^-1 p = A^T p, as products and sums (CUDA has no integer matmul)
+    A = _d4(device)[:, :, :, None, None]
+    sx, sy = A[:, 0, 0] * gx + A[:, 1, 0] * gy, A[:, 0, 1] * gx + A[:, 1, 1] * gy # (8, s, s)
+    return ((sy + s - 1) // 2 * s + (sx + s - 1) // 2).view(8, s * s)
 
 @functools.lru_cache(maxsize=8)
 def _d4(device):
