@@ -1,18 +1,18 @@
 """Seconds of one `fit_one_cycle` epoch of a timm model trained through compkit, against the floor (the same steps in a
 plain torch loop on one batch made beforehand, fused AdamW) and against fastai's DataBlock pipeline from image files.
-Run: python bench/fit.py [--configs resnet18:128 resnet50:224] [--bs 128] [--repeat 6] [--reps 2] [--max-batches N]
+Run: python bench/fit.py [--configs resnet18:128 resnet50:224] [--bs 128] [--repeat 6] [--reps 3] [--max-batches N]
 
-Every fit trains the same model (`timm_learner`, 1 input channel, 10 classes, fp32, random init) on scikit-learn's digits
-(repeated `--repeat` times, fitted to the size) for one epoch of `len(train)` steps and `len(valid)` validation batches,
-timed to the end of the device's work; each figure is the best of `--reps` epochs after a warm-up epoch. The rows:
-the floor; compkit's `DeviceDataLoaders` with `timm_learner`'s default optimizer (torch's AdamW, fused) and with
-fastai's `Adam` (a Python loop over the parameters); fastai's loop on one fixed batch (no loader); fastai's DataBlock
-from PNG files of the same images at the same size (its default `num_workers`). On a GPU it runs resnet18 at 128 px and resnet50
-at 224 px (`--configs resnet18:224 resnet50:128` for the others), batch 128, the digits six times (67 + 17 batches); on a CPU a small model at 32 px, so that CI can
+Every fit trains the same model (`timm_learner`, 1 input channel, 10 classes, fp32, random init) on scikit-learn's
+digits (repeated `--repeat` times, fitted to the size) for one epoch of `len(train)` steps and `len(valid)` validation
+batches, timed to the end of the device's work; each figure is the best of `--reps` epochs after a warm-up epoch, the
+runs taking turns epoch by epoch. The rows: the floor; compkit's `DeviceDataLoaders` with `timm_learner`'s default
+optimizer (torch's AdamW, fused) and with fastai's `Adam` (a Python loop over the parameters); fastai's loop on one
+fixed batch (no loader); fastai's DataBlock from PNG files of the same images at the same size (its default
+`num_workers`). On a GPU it runs resnet18 at 128 px and resnet50 at 224 px (`--configs resnet18:224 resnet50:128` for
+the others), batch 128, the digits six times (67 + 17 batches); on a CPU a small model at 32 px, so that CI can
 smoke-test it.
 """
-import argparse, os, statistics, tempfile, time
-from functools import partial
+import argparse, os, tempfile, time
 from pathlib import Path
 import torch
 from PIL import Image
@@ -109,10 +109,11 @@ def config(arch, size, bs, repeat, reps, max_batches, device):
                 'compkit, fastai Adam': fit_seconds(learner(dls, opt_func=Adam), device),
                 'fastai loop, one fixed batch': fit_seconds(learner(fixed), device),
                 'fastai DataBlock, PNG files': fit_seconds(learner(fastai_dls), device)}
-        best = {}
-        for k, f in runs.items():
-            f() # warm-up: kernels chosen, memory pooled, workers started
-            best[k] = min(f() for _ in range(reps))
+        for f in runs.values(): f() # warm-up: kernels chosen, memory pooled, workers started
+        best = {k: float('inf') for k in runs}
+        # the runs take turns, epoch by epoch: a slow spell of a shared machine slows them all alike
+        for _ in range(reps):
+            for k, f in runs.items(): best[k] = min(best[k], f())
         nw = fastai_dls.train.num_workers
     return best, (n_train, n_valid), nw
 
@@ -133,7 +134,8 @@ def main(configs, bs, repeat, reps, max_batches, threads):
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     print(f"### One fit_one_cycle epoch ({device} {name}, {torch.get_num_threads()} thread(s), bs {bs}, fp32; best of "
           f"{reps} epochs after a warm-up)\n")
-    print('| model, px | batches (train + valid) | run | s per epoch | / floor | / compkit |\n|---|---|---|---|---|---|')
+    print('| model, px | batches (train + valid) | run | s per epoch | / floor | / compkit |')
+    print('|---|---|---|---|---|---|')
     plot = {}
     for c in configs:
         arch, size = c.split(':')
@@ -153,7 +155,7 @@ if __name__ == '__main__':
                                                 'resnet10t:32 on a CPU)')
     p.add_argument('--bs', type=int, help='batch size (default 128 on a GPU, 64 on a CPU)')
     p.add_argument('--repeat', type=int, help='times over the 1,797 digits (default 6 on a GPU, 1 on a CPU)')
-    p.add_argument('--reps', type=int, default=2, help='timed epochs per row, after one warm-up; the best is reported')
+    p.add_argument('--reps', type=int, default=3, help='timed epochs per row, after one warm-up; the best is reported')
     p.add_argument('--max-batches', type=int, default=0,
                    help='cut the training set to this many batches (a smoke test)')
     p.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores on a GPU machine; 1 on a '
