@@ -14,7 +14,8 @@ smoke-test it.
 """
 import argparse, os, tempfile, time
 from pathlib import Path
-import torch
+import statistics
+import torch, timm
 from PIL import Image
 from torch import nn
 from fastai.data.core import DataLoaders
@@ -123,6 +124,28 @@ ROWS = {'floor': 'the same model in a plain torch loop on one batch, fused AdamW
         'fastai loop, one fixed batch': "fastai's loop on one fixed batch (no loader), torch AdamW",
         'fastai DataBlock, PNG files': "fastai DataBlock from PNG files (num_workers={nw}, its default) + timm_learner"}
 
+def opt_steps(archs, device, steps=10, rounds=5):
+    "ms per step of fastai's `Adam` and of `TorchAdamW` (fused, foreach) on each model's parameters, random gradients"
+    print(f"### One optimizer step ({device}, {torch.get_num_threads()} thread(s); "
+          f"best of {rounds} medians of {steps} steps)")
+    print("\n| model | parameter tensors | parameters | fastai Adam | TorchAdamW, fused | TorchAdamW, foreach "
+          "| fastai / fused |")
+    print('|---|---|---|---|---|---|---|')
+    for arch in archs:
+        ps = list(timm.create_model(arch, num_classes=10).to(device).parameters())
+        for p in ps: p.grad = torch.randn_like(p)
+        opts = {'fastai': Adam([ps], lr=1e-3), 'fused': TorchAdamW([ps], fused=True),
+                'foreach': TorchAdamW([ps], fused=False)}
+        ms = {}
+        for k, o in opts.items():
+            def step():
+                sync(device); t = time.perf_counter(); o.step(); sync(device); return time.perf_counter() - t
+            step() # the state made
+            ms[k] = 1e3 * min(statistics.median(step() for _ in range(steps)) for _ in range(rounds))
+        print(f"| {arch} | {len(ps)} | {sum(p.numel() for p in ps) / 1e6:.1f}M | {ms['fastai']:.2f} ms | "
+              f"{ms['fused']:.2f} ms | {ms['foreach']:.2f} ms | {ms['fastai'] / ms['fused']:.1f}x |", flush=True)
+    print()
+
 def main(configs, bs, repeat, reps, max_batches, threads):
     device = get_device()
     torch.set_num_threads(threads or (os.cpu_count() if device.type == 'cuda' else 1))
@@ -132,6 +155,7 @@ def main(configs, bs, repeat, reps, max_batches, threads):
     impl = 'fused' if TorchAdamW([nn.Parameter(torch.zeros(2, 2, device=device))],
                                  lr=1e-3).opt.defaults.get('fused') else 'foreach'
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
+    opt_steps(['resnet18', 'resnet50'] if not max_batches else ['resnet10t'], device)
     print(f"### One fit_one_cycle epoch ({device} {name}, {torch.get_num_threads()} thread(s), bs {bs}, fp32; best of "
           f"{reps} epochs after a warm-up)\n")
     print('| model, px | batches (train + valid) | run | s per epoch | / floor | / compkit |')
