@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #15182fe5
 from __future__ import annotations
-import glob, os, tempfile
+import glob, os, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 import torch, torch.distributed as dist
@@ -13,10 +13,17 @@ from fastcore.basics import noop
 from fastai.torch_core import set_seed
 from fastai.callback.core import CancelFitException
 from fastai.callback.schedule import LRFinder
+from fastprogress import fastprogress as fp
+from fastprogress.core import IN_NOTEBOOK
+from fastprogress.fastprogress import ProgressBar, MasterBar, ConsoleMasterBar, format_time
+from fastai.imports import noop as _no_logger # what fastai's `no_logging` puts in place (not fastcore's `noop`)
+from fastai.learner import defaults
+from fastai.callback.progress import ProgressCallback
 
 # %% auto #0
 __all__ = ['seed_everything', 'draw_seed', 'get_device', 'device_generator', 'atomic_write', 'kept_state', 'rank_world',
-           'from_rank0', 'barrier', 'lr_find_or_preds', 'on_fit_exit']
+           'from_rank0', 'barrier', 'lr_find_or_preds', 'on_fit_exit', 'interactive', 'PlainProgressBar',
+           'PlainMasterBar', 'progress_bar', 'master_bar', 'LogProgressCallback']
 
 # %% ../nbs/00_core.ipynb #98946f64
 _seedings = 0 # how many times `seed_everything` has run
@@ -146,3 +153,86 @@ def on_fit_exit(learn, # the learner whose fit is running: call from `before_fit
         restore()
     guard.fns.append(once)
     return once
+
+# %% ../nbs/00_core.ipynb #b0549f22
+def interactive(file=None, # the stream progress goes to; None: `sys.stdout`
+               ) -> bool:
+    "Whether `file` redraws progress bars in place (notebook, terminal) rather than keeping every frame (file, pipe)"
+    f = sys.stdout if file is None else file
+    return IN_NOTEBOOK or 'PYCHARM_HOSTED' in os.environ or bool(getattr(f, 'isatty', lambda: False)())
+
+# %% ../nbs/00_core.ipynb #82f5297b
+class PlainProgressBar(ProgressBar):
+    "fastprogress's bar for a log: no frames; when it ends, one line naming its step (`comment`) if it stands alone"
+    def __init__(self, gen, total=None, display=True, leave=True, parent=None, master=None, comment=''):
+        super().__init__(gen, total=total, display=display, leave=leave, parent=parent, master=master, comment=comment)
+        self.step = comment # fastai writes the running loss into `comment`: the step's name is kept apart
+    def on_iter_begin(self): self.t0 = time.time(); super().on_iter_begin()
+    def on_iter_end(self):
+        if self.parent is None and self.master is None and self.step and self.last_v is not None:
+            print(f'{self.step}: {self.last_v}/{self.total} in {format_time(time.time() - self.t0)}', flush=True)
+        super().on_iter_end()
+
+class PlainMasterBar(ConsoleMasterBar):
+    "fastprogress's master bar for a log: the lines written to it (fastai's table, a row per epoch), no bars"
+    def __init__(self, gen, total=None, comment=''):
+        MasterBar.__init__(self, gen, PlainProgressBar, total)  # fastprogress's console bar prints as it is made
+        self.pcls, self.total_time, self.main_bar.step = PlainProgressBar, False, comment
+    def add_child(self, child): self.child = child
+    def on_iter_end(self):
+        if self.main_bar.step and self.main_bar.last_v is not None:
+            print(f'{self.main_bar.step}: {self.main_bar.last_v}/{self.main_bar.total} in '
+                  f'{format_time(time.time() - self.main_bar.t0)}', flush=True)
+
+# %% ../nbs/00_core.ipynb #e02aa780
+def progress_bar(gen, # what to iterate over
+                 total:int|None=None, # its length, if `gen` has none
+                 leave:bool=True, # keep the finished bar (notebook, terminal)
+                 parent=None, # a `master_bar` over this one
+                 comment:str='', # the step's name: in a log, the line written when it is done
+                 **kwargs, # fastprogress's other arguments (`display`, `master`)
+                ):
+    "fastprogress's `progress_bar` in a notebook or a terminal; in a log, one line naming the step when `gen` is done"
+    if isinstance(parent, PlainMasterBar) if parent is not None else not interactive():
+        return PlainProgressBar(gen, total=total, leave=leave, parent=parent, comment=comment, **kwargs)
+    pb = fp.progress_bar(gen, total=total, leave=leave, parent=parent, **kwargs)
+    pb.comment = comment # shown after the bar
+    return pb
+
+def master_bar(gen, # what to iterate over (epochs, models, folds)
+               total:int|None=None, # its length, if `gen` has none
+               comment:str='', # in a log, the line written when it is done
+               **kwargs, # fastprogress's other arguments (`hide_graph`, `total_time`, ...)
+              ):
+    "fastprogress's `master_bar` in a notebook or a terminal; in a log, the lines written to it and one naming the step"
+    if interactive(): return fp.master_bar(gen, total=total, **kwargs)
+    return PlainMasterBar(gen, total=total, comment=comment)
+
+# %% ../nbs/00_core.ipynb #ea8edf21
+class LogProgressCallback(ProgressCallback):
+    "fastai's `ProgressCallback` whose bars become plain lines in a log: a row per epoch, a line per silent fit"
+    @property
+    def name(self): return 'progress' # `learn.progress`, where fastai's `no_bar`, `tta` and `distrib_ctx` look for it
+
+    def before_fit(self):
+        # fastai's `before_fit`, with this module's `master_bar`
+        assert hasattr(self.learn, 'recorder')
+        self.t0, self.logged = time.time(), self.learn.logger is not _no_logger
+        if self.create_mbar: self.mbar = master_bar(list(range(self.n_epoch)))
+        if self.logged:
+            self.old_logger, self.learn.logger = self.logger, self._write_stats
+            self._write_stats(self.recorder.metric_names)
+        else: self.old_logger = _no_logger
+
+    def _launch_pbar(self):
+        self.pbar = progress_bar(self.dl, parent=getattr(self, 'mbar', None), leave=False)
+        self.pbar.update(0)
+
+    def after_fit(self):
+        # a fit that trained without logging (an lr range test) says so; prediction passes (no training) say nothing
+        if isinstance(getattr(self, 'mbar', None), PlainMasterBar) and not self.logged and self.learn.train_iter:
+            what = 'lr range test' if lr_find_or_preds(self.learn) else 'fit'
+            print(f'{what}: {self.learn.train_iter} batches in {format_time(time.time() - self.t0)}', flush=True)
+        super().after_fit()
+
+defaults.callbacks = [LogProgressCallback if c is ProgressCallback else c for c in defaults.callbacks]

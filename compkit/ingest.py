@@ -13,7 +13,7 @@ from PIL import Image
 import torchvision.transforms.v2.functional as TF
 from fastcore.basics import tuplify
 from fastai.data.transforms import CategoryMap
-from fastprogress.fastprogress import progress_bar
+from .core import progress_bar # a bar in a notebook or terminal, one line in a log
 
 # %% auto #0
 __all__ = ['FIT_METHODS', 'fit_image', 'read_image', 'load_images', 'mapped_rows', 'check_image', 'images_from_arrays',
@@ -160,7 +160,7 @@ def _decode_all(paths, read, put, first, n_workers=None, skip=()):
                              "pass channels=1 or channels=3 to convert them all")
         put(i, img)
     n_workers = n_workers or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
-    pb, t0 = progress_bar(range(len(todo)), leave=False), time.perf_counter()
+    pb, t0 = progress_bar(range(len(todo)), leave=False, comment='ingest'), time.perf_counter()
     with ThreadPoolExecutor(n_workers) as ex:
         pending, it = deque(), iter(todo)
         for k in pb:

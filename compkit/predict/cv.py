@@ -13,7 +13,7 @@ from fastcore.basics import ifnone, getcallable, detuplify, noop
 from fastai.torch_core import to_detach, to_concat, to_cpu, TensorCategory, TensorMultiCategory
 from fastai.callback.core import Callback
 from fastai.learner import mk_metric, save_model
-from ..core import seed_everything, draw_seed, atomic_write
+from ..core import seed_everything, draw_seed, atomic_write, progress_bar
 from ..data import DeviceDL
 from ..folds import kfold_splits, device_dataset, fold_dataloaders
 import fastai.callback.schedule, fastai.callback.progress # `fit_one_cycle` (the default `fit`), `no_bar`
@@ -294,7 +294,7 @@ def cross_validate(make_learner, # `make_learner(dls)` → a fresh `Learner` on 
         splits, seed = man['splits'], man['seed']
     fit = ifnone(fit, lambda learn: learn.fit_one_cycle(5))
     parts, loss_func = {}, None
-    for k in ifnone(folds, range(len(splits))):
+    for k in progress_bar(list(ifnone(folds, range(len(splits)))), comment='CV folds'): # a log: one line at the end
         if path is not None and (Path(path)/f'fold_{k}.pt').is_file(): # finished before: resume after it
             parts[k] = torch.load(Path(path)/f'fold_{k}.pt', weights_only=False); continue
         parts[k], metric, loss_func = _run_fold(k, ds, splits[k], make_learner, fit, tta, test, metric, path, seed,

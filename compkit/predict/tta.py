@@ -12,13 +12,12 @@ from torch import nn
 from fastcore.basics import store_attr, ifnone, patch, getcallable, detuplify
 from fastcore.foundation import L
 from fastcore.xtras import is_listy
-from fastprogress.fastprogress import master_bar
 from fastai.torch_core import TensorImage, to_detach, to_concat, subplots, show_image
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner, load_model
 import fastai.callback.progress # progress bars on `Learner`, as `get_preds` shows them
-from ..core import kept_state
+from ..core import kept_state, interactive, master_bar
 
 # %% auto #0
 __all__ = ['TenCrop', 'ten_crop_views']
@@ -267,8 +266,9 @@ def tta10(self:Learner,
     cb = _MergeViews(batches, merge, ifnone(act, getcallable(self.loss_func, 'activation')), L(box_out), with_views)
     with self.validation_context(cbs=[cb]):
         mb = models
-        # a bar per model under one, as fastai's `tta`
-        if len(models) > 1 and hasattr(self, 'progress'): self.progress.mbar = mb = master_bar(models)
+        # a bar per model under one, as fastai's `tta`; in a log, one line for the whole pass
+        if hasattr(self, 'progress') and (len(models) > 1 or not interactive()):
+            self.progress.mbar = mb = master_bar(models, comment='tta10')
         for i, m in enumerate(mb):
             with _predicting_with(self, m, i): self._do_epoch_validate(dl=batches)
     return cb.result()
