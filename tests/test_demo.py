@@ -6,8 +6,8 @@ from compkit.datasets import digits
 def test_demo_reaches_97_percent_and_writes_its_outputs(tmp_path):
     out, log = tmp_path/'out', tmp_path/'demo.log'
     with open(log, 'w') as f: # stdout to a file, as `make demo > demo.log`: plain lines instead of progress bars
-        res = subprocess.run([sys.executable, '-m', 'compkit.demo', '--out', str(out)], stdout=f, stderr=subprocess.PIPE,
-                             text=True, timeout=1200) # ~70 s on 2 idle cores
+        res = subprocess.run([sys.executable, '-m', 'compkit.demo', '--out', str(out)], stdout=f,
+                             stderr=subprocess.PIPE, text=True, timeout=1200) # ~70 s on 2 idle cores
     assert res.returncode == 0, res.stderr[-3000:]
     text = log.read_text()
     acc = float(re.search(r'valid accuracy: ([0-9.]+)', text).group(1))
