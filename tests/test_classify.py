@@ -245,3 +245,13 @@ def test_batch_draws_are_seeded_on_the_host():
     assert l1 == l2 and all(torch.allclose(a, b, atol=1e-4) for a, b in zip(w1, w2)) # reproducible (GPU atomics aside)
     assert l1 != l3 and {t for t, _ in l1} == {'float'}  # another seed, other draws; λ a host number
     assert len({round(v, 6) for _, v in l1}) == len(l1) == len(dls_(TensorCategory(D.y)).train)
+
+@pytest.mark.parametrize('mixer', [MixUp, CutMix])
+def test_regression_targets_are_refused_not_blended(mixer):
+    "issue 20: boxes as plain floats (fastai's RegressionBlock) were blended as soft labels, without a word"
+    boxes = torch.rand(len(D.y), 2) * 8; boxes = torch.cat([boxes, boxes + 4], 1) # xyxy pixels of a 16 px image
+    learn = Learner(dls_(boxes), SmallNet(4), loss_func=MSELossFlat(), cbs=mixer())
+    with learn.no_bar(), learn.no_logging(), pytest.raises(ValueError, match='regression targets'): learn.fit(1)
+    soft = F.one_hot(D.y, 10).float() * 0.9 + 0.01 # soft labels in [0, 1] are what a mix is for
+    learn = Learner(dls_(soft), SmallNet(10), loss_func=nn.CrossEntropyLoss(), cbs=mixer())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)

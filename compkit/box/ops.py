@@ -14,6 +14,10 @@ __all__ = ['paired_box_iou', 'box_iou']
 def _plain(*boxes):
     """The boxes as plain float tensors: fastai's tensor types dropped, half precision upcast (pixel areas overflow
     float16)"""
+    for i, b in enumerate(boxes): # (N, 5) would fail in `unbind` as "too many values to unpack"
+        if b.shape[-1:] != (4,):
+            raise ValueError(f"boxes{i + 1} has shape {tuple(b.shape)}: boxes are (..., 4), x1 y1 x2 y2; "
+                             "drop a 5th column (a class, a score) with boxes[..., :4]")
     return [b.as_subclass(Tensor) if b.dtype in (torch.float32,
                                                  torch.float64) else b.as_subclass(Tensor).float() for b in boxes]
 

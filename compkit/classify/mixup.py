@@ -8,7 +8,7 @@ import functools, inspect
 import numpy as np, torch
 from torch.distributions.beta import Beta
 from fastcore.basics import store_attr, patch
-from fastai.torch_core import TensorMask
+from fastai.torch_core import TensorMask, TensorMultiCategory
 from fastai.vision.core import TensorPoint
 from fastai.layers import NoneReduce
 from fastai.losses import BaseLoss
@@ -105,7 +105,7 @@ class MixUpCutMix(Callback):
 
     def before_fit(self):
         "Off inside `lr_find` (the learning rate is chosen on the batches the model is judged by) and `get_preds`"
-        self.run, self.lam, self.yb1 = not lr_find_or_preds(self.learn), None, None
+        self.run, self.lam, self.yb1, self.checked = not lr_find_or_preds(self.learn), None, None, False
         self.reseed()
         if self.mode == 'elem' and not _can_unreduce(self.learn.loss_func):
             raise ValueError(f"mode='elem' needs a loss that can give one value per item (a `reduction` attribute or "
@@ -189,12 +189,23 @@ def mix(self:MixUpCutMix, x:torch.Tensor, # the batch's images (N, ...); (N, C, 
     return xm.as_subclass(x_type), typed(ym), typed(partner) if any(not y.is_floating_point()
                                                                     for y in yb) else None, lam
 
+def _check_soft_targets(cb, yb):
+    "Refuse float targets that are no probabilities: regression targets (`RegressionBlock` boxes) mixed as soft labels"
+    for i, y in enumerate(yb):
+        if not y.is_floating_point() or isinstance(y, TensorMultiCategory): continue
+        if ((y < 0) | (y > 1)).any():
+            raise ValueError(f"target {i} holds floats outside [0, 1] (regression targets? boxes from fastai's "
+                             f"RegressionBlock?): {type(cb).__name__} would blend them as soft labels; it is for class "
+                             "targets. Remove it, or give boxes as TensorBBox (`DeviceDataLoaders.from_boxes`)")
+
 @patch
 def before_batch(self:MixUpCutMix):
     "Mix the batch, unless `stop_at` has passed"
     self.yb1 = None
     if not self.mixing: return
     if len(self.xb) != 1: raise ValueError(f"{type(self).__name__} mixes a single input; this batch has {len(self.xb)}")
+    # once a fit: the check reads values on the host
+    if not self.checked: _check_soft_targets(self, self.yb); self.checked = True
     xm, self.learn.yb, yb1, self.lam = self.mix(self.x, self.yb)
     self.learn.xb, self.yb1 = (xm,), yb1 and tuple(map(_plain, yb1)) # plain, as fastai's CastToTensor makes `yb`
 

@@ -39,6 +39,7 @@ def pseudo_labels(probs:torch.Tensor,
                   threshold:float=0.9, # keep an item when its top probability is above this
                  ) -> PseudoLabels:
     "The items whose most probable class has probability above `threshold`, with that class and probability"
+    if not 0 <= threshold < 1: raise ValueError(f"threshold must be a probability in [0, 1), not {threshold}")
     probs = torch.as_tensor(probs).as_subclass(torch.Tensor).float().cpu()
     if probs.ndim != 2: raise ValueError(f"probs must be (items, classes), not shape {tuple(probs.shape)}")
     bad = ((probs < 0) | (probs > 1)).any(1) | ((probs.sum(1) - 1).abs() > 1e-3) | probs.isnan().any(1)

@@ -35,6 +35,9 @@ class PKSampler:
                  p:int=16, # classes per batch (Hermans et al. used 18 x 4; 16 x 4 makes the usual batch of 64)
                  k:int=4, # items per class
                 ):
+        for name, v in (('p', p), ('k', k)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, not {v!r}")
         # on the host: the loader draws its order there, with its generator
         y = torch.as_tensor(y).as_subclass(torch.Tensor).long().flatten().cpu()
         counts = torch.bincount(y)

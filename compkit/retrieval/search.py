@@ -17,6 +17,12 @@ from ..predict.ensemble import _per_learner, _check_targets
 __all__ = ['map_at_k', 'topk_similar', 'rank_classes', 'embeddings', 'concat_embeddings', 'meta_embeddings']
 
 # %% ../../nbs/62_retrieval.search.ipynb #3f8bcc24
+def _check_count(**counts):
+    "Each of `counts` a whole number >= 1, or a ValueError naming it"
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, not {v!r}")
+
 def map_at_k(ranked:torch.Tensor, # (N, >=k) predicted labels, best first
              targets:torch.Tensor, # (N,) the one correct label of each query
              k:int=5, # how many predictions count
@@ -24,6 +30,11 @@ def map_at_k(ranked:torch.Tensor, # (N, >=k) predicted labels, best first
     """Mean average precision at `k` with one correct label per query: 1/position of the first correct label in
     `ranked[:, :k]`, 0 if absent, averaged"""
     ranked, targets = torch.as_tensor(ranked), torch.as_tensor(targets)
+    _check_count(k=k)
+    if targets.ndim == 2 and targets.shape[1] == 1: targets = targets[:, 0] # a column of targets is one per query too
+    if targets.ndim != 1: # a (1, N) or (N, k) tensor would broadcast against `ranked` into a wrong score
+        raise ValueError(f"targets must be the one correct label of each query, shape (N,), not {tuple(targets.shape)}")
+    if len(ranked) == 0: raise ValueError("there are no queries: MAP@k of nothing is undefined")
     if ranked.ndim != 2 or ranked.shape[1] < k:
         raise ValueError(f"ranked must be (N, >={k}) labels in rank order, not shape {tuple(ranked.shape)}")
     if len(ranked) != len(targets): raise ValueError(f"ranked has {len(ranked)} rows but targets has {len(targets)}: "
@@ -36,9 +47,24 @@ def map_at_k(ranked:torch.Tensor, # (N, >=k) predicted labels, best first
 def _blocks(queries, gallery, bs, gallery_bs):
     """Cosine similarities of unit-normalised `queries` and `gallery`, one (<=`bs`, <=`gallery_bs`) block at a time:
     (i0, j0, block)"""
-    q, g = F.normalize(queries.float()), F.normalize(gallery.float())
+    _check_count(bs=bs, gallery_bs=gallery_bs)
+    q = _embeddings(queries, 'queries')
+    g = _embeddings(gallery, 'gallery', q.shape[1])
     for i0 in range(0, len(q), bs):
         for j0 in range(0, len(g), gallery_bs): yield i0, j0, q[i0:i0+bs] @ g[j0:j0+gallery_bs].to(q.device).T
+
+def _embeddings(e, name, d=None):
+    "`e` unit-normalised, once checked: (items, `d`) embeddings, at least one, all finite (a NaN row ranks first)"
+    e = torch.as_tensor(e).as_subclass(torch.Tensor)
+    if e.ndim != 2: raise ValueError(f"{name} must be embeddings (items, dim), not shape {tuple(e.shape)}")
+    if len(e) == 0: raise ValueError(f"{name} is empty: give at least one embedding")
+    if d is not None and e.shape[1] != d:
+        raise ValueError(f"{name} has {e.shape[1]} dimensions but the queries have {d}: embed both with one model")
+    e = F.normalize(e.float())
+    bad = ~e.isfinite().all(1)
+    if bad.any(): raise ValueError(f"{name} row {int(bad.nonzero()[0])} is not finite (NaN or inf; {int(bad.sum())} "
+                                   "rows in all): check the model's output")
+    return e
 
 def _check_k(k, n, what):
     if not 1 <= k <= n: raise ValueError(f"k={k} but there are {n} {what}: k must be between 1 and {n}")
@@ -76,7 +102,10 @@ def rank_classes(queries:torch.Tensor, # (N, d) query embeddings
     labels = torch.as_tensor(gallery_labels).as_subclass(torch.Tensor).long().to(queries.device)
     if len(labels) != len(gallery):
         raise ValueError(f"gallery has {len(gallery)} items but gallery_labels has {len(labels)}: one label per item")
-    c = ifnone(n_classes, int(labels.max()) + 1)
+    c = ifnone(n_classes, int(labels.max()) + 1 if len(labels) else 0)
+    if len(labels) and (labels.min() < 0 or labels.max() >= c):
+        bad = int(labels.min() if labels.min() < 0 else labels.max())
+        raise ValueError(f"gallery_labels must be class indices in 0..{c-1}; they hold {bad}")
     _check_k(k, c, 'classes')
     res = []
     for i0, j0, s in _blocks(queries, gallery, bs, gallery_bs):
