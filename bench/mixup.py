@@ -6,10 +6,10 @@ and each one's share of a resnet10t training step.
 Each mixer is timed the way it runs in training: mixing the batch and its targets, then the loss (compkit and
 fastai mix two of fastai's cross-entropies; timm trains on blended one-hot targets with `SoftTargetCrossEntropy`).
 The second table is what turning mixing on adds to a step: the mixing and the mixed loss, less the loss the step
-computes anyway (fastai's `CrossEntropyLossFlat` for a fastai `Learner`, PyTorch's `CrossEntropyLoss` for timm). Each figure is the best of
-5 rounds of the median of a block of calls, so that load from other processes on a shared machine is filtered out. On CUDA it first checks that compkit's
-callbacks never make the host wait for the GPU (`torch.cuda.set_sync_debug_mode('error')`).
-"""
+computes anyway (fastai's `CrossEntropyLossFlat` for a fastai `Learner`, PyTorch's `CrossEntropyLoss` for timm). Each
+figure is the best of 5 rounds of the median of a block of calls, so that load from other processes on a shared machine
+is filtered out. On CUDA it first checks that compkit's callbacks never make the host wait for the GPU
+(`torch.cuda.set_sync_debug_mode('error')`). """
 import argparse, time, statistics
 import torch, timm
 from torch import nn
@@ -145,13 +145,15 @@ def main(bs=64, size=64, threads=1, reps=40):
     for i, title in enumerate(('Mixing the batch (images and targets), µs per batch',
                                "What mixing adds to a training step (mixing, and the mixed loss less the plain loss), "
                                "µs per batch")):
-        print(f"{title}\n\n| mixer | compkit | fastai | timm | compkit / fastai | compkit / timm |" + (" compkit share of step | fastai share | timm share |" if i else ""))
+        print(f"{title}\n\n| mixer | compkit | fastai | timm | compkit / fastai | compkit / timm |"
+              + (" compkit share of step | fastai share | timm share |" if i else ""))
         print('|---|---|---|---|---|---|' + ('---|---|---|' if i else ''))
         for name, t in rows:
             us = lambda k: f"{t[k][i]*1e6:.0f}" if k in t else '—'
             ratio = lambda k: f"{t['compkit'][i] / t[k][i]:.2f}x" if k in t else '—'
             share = lambda k: f"{t[k][i] / step:.3%}" if k in t else '—'
-            print(f"| {name} | {us('compkit')} | {us('fastai')} | {us('timm')} | {ratio('fastai')} | {ratio('timm')} |" + (f" {share('compkit')} | {share('fastai')} | {share('timm')} |" if i else ""))
+            print(f"| {name} | {us('compkit')} | {us('fastai')} | {us('timm')} | {ratio('fastai')} | {ratio('timm')} |"
+                  + (f" {share('compkit')} | {share('fastai')} | {share('timm')} |" if i else ""))
         print()
     print(f"plain loss, µs: fastai CrossEntropyLossFlat {plain['fastai']*1e6:.0f}, torch CrossEntropyLoss "
           f"{plain['timm']*1e6:.0f}")

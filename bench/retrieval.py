@@ -24,8 +24,8 @@ def mb(n): return f'{n * 4 / 2**20:,.0f} MB'
 def main(n_q, n_g, dim, n_cls, threads, k=20):
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
-    q, gal, labels = torch.randn(n_q, dim, generator=g), torch.randn(n_g,
-                                                                     dim, generator=g), torch.randint(0, n_cls, (n_g,), generator=g)
+    q, gal = torch.randn(n_q, dim, generator=g), torch.randn(n_g, dim, generator=g)
+    labels = torch.randint(0, n_cls, (n_g,), generator=g)
     bs, gbs = 1024, 16384 # the defaults
     nn_ = NearestNeighbors(n_neighbors=k, metric='cosine', algorithm='brute').fit(gal.numpy())
     full = lambda: (F.normalize(q) @ F.normalize(gal).T).topk(k, 1)
@@ -33,7 +33,8 @@ def main(n_q, n_g, dim, n_cls, threads, k=20):
     small = lambda: topk_similar(q, gal, k, bs=256, gallery_bs=4096)
     # same answer before timing
     assert torch.equal(ours()[1], torch.from_numpy(nn_.kneighbors(q.numpy())[1])) and torch.equal(small()[1], ours()[1])
-    t_ours, t_small, t_full, t_sk = seconds(ours), seconds(small), seconds(full), seconds(lambda: nn_.kneighbors(q.numpy()))
+    t_ours, t_small, t_full = seconds(ours), seconds(small), seconds(full)
+    t_sk = seconds(lambda: nn_.kneighbors(q.numpy()))
     print(f'\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads, torch '
           f'{torch.__version__}; '
           f'{n_q:,} queries x {n_g:,} gallery, d={dim}, k={k}, {n_cls:,} classes\n')

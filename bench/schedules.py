@@ -71,7 +71,8 @@ def main(arch, size, repeats):
              'compkit fit_sgdr_snapshots, to_disk': 'fastai fit_sgdr(3, 1, cycle_mult=2)'}
     print(f"\n## Schedules vs fastai ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{torch.get_num_threads()} threads, "
-          f"device {get_device()}, {arch} on {size} px digits, bs 64, median of {repeats}, torch {torch.__version__})\n")
+          f"device {get_device()}, {arch} on {size} px digits, bs 64, median of {repeats}, "
+          f"torch {torch.__version__})\n")
     print("| run | median s | min s | peer | this / peer (medians) | this / peer (mins) | snapshot work / fit time "
           "|\n|---|---|---|---|---|---|---|")
     for k, v in med.items():

@@ -108,7 +108,8 @@ def test_an_interrupted_fit_puts_the_loss_back():
         order = BoxLossSwitch.order + 1
         def after_batch(self):
             if self.epoch == 1 and self.training: raise KeyboardInterrupt()
-    with learn.no_bar(), learn.no_logging(), pytest.raises(KeyboardInterrupt): learn.fit(3, 3e-3, cbs=[BoxLossSwitch(thresh=None, at_epoch=1), Stop()])
+    with learn.no_bar(), learn.no_logging(), pytest.raises(KeyboardInterrupt):
+        learn.fit(3, 3e-3, cbs=[BoxLossSwitch(thresh=None, at_epoch=1), Stop()])
     assert learn.loss_func is l1
 
 @pytest.mark.parametrize('make, msg', [(lambda: BoxLossSwitch(thresh=90), 'thresh'),
@@ -152,7 +153,8 @@ def box_masks(b, h, w):
 
 def extents(masks, thresh):
     "The box around each mask's pixels above `thresh`, in continuous pixel coordinates (torchvision's is inclusive)"
-    return tvo.masks_to_boxes(masks[:, 0].as_subclass(torch.Tensor) > thresh) + torch.tensor([0., 0., 1., 1.], device=masks.device)
+    boxes = tvo.masks_to_boxes(masks[:, 0].as_subclass(torch.Tensor) > thresh)
+    return boxes + torch.tensor([0., 0., 1., 1.], device=masks.device)
 
 @pytest.mark.parametrize('tfms,tol',
                          [([RandomFlip(p=0.5)], 0), ([RandomFlip(p=0.5, dim=-2)], 0), ([RandomPadCrop(4, 'zeros')], 0),

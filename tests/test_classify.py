@@ -120,7 +120,8 @@ def test_predict_interpret_and_export_after_mixing(tmp_path):
     assert torch.allclose(probs, preds[0],
                           atol=1e-5) and probs.sum() == pytest.approx(1, abs=1e-5) and label == str(D.vocab[int(idx)])
     cm = ClassificationInterpretation.from_learner(learn).confusion_matrix()
-    assert cm.sum() == len(D.valid_idx) and np.trace(cm) / cm.sum() == pytest.approx(float(learn.validate()[1]), abs=1e-6)
+    assert cm.sum() == len(D.valid_idx)
+    assert np.trace(cm) / cm.sum() == pytest.approx(float(learn.validate()[1]), abs=1e-6)
     learn.export(tmp_path/'l.pkl')
     assert torch.allclose(load_learner(tmp_path/'l.pkl').predict(D.x[D.valid_idx[0]])[2], probs, atol=1e-5)
 

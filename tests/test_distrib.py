@@ -1,5 +1,5 @@
-"""Two processes on the CPU (gloo), launched by torchrun, through fastai's own `distrib_ctx`: what `tests/distrib_run.py`
-saw and predicted, checked against one process running the same code."""
+"""Two processes on the CPU (gloo), launched by torchrun, through fastai's own `distrib_ctx`: what
+`tests/distrib_run.py` saw and predicted, checked against one process running the same code."""
 import os, subprocess, sys
 from pathlib import Path
 import pytest, torch

@@ -35,7 +35,8 @@ class Html(HTMLParser):
     "What the checks need from a page: ids, links and resources, headings, the sidebar, the text"
     def __init__(self, s):
         super().__init__()
-        self.ids, self.links, self.res, self.heads, self.side, self.active, self.text, self._in = set(), [], [], {}, [], None, [], []
+        self.ids, self.links, self.res, self.heads = set(), [], [], {}
+        self.side, self.active, self.text, self._in = [], None, [], []
         self.feed(s)
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -90,7 +91,8 @@ def chromium():
             subprocess.run(['apt-get', 'update', '-q'], env=env, capture_output=True, timeout=600)
             subprocess.run(install, env=env, capture_output=True, timeout=900, check=True)
         exe = shutil.which('chromium')
-    if exe is None: pytest.skip('headless Chromium is missing and only root can install it: apt-get install -y chromium')
+    if exe is None:
+        pytest.skip('headless Chromium is missing and only root can install it: apt-get install -y chromium')
     return exe
 
 @pytest.fixture(scope='session')
@@ -171,8 +173,8 @@ def _nb(*cells):
                                  for t, s, o in cells], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5})
 
 def test_new_notebooks_are_picked_up_not_run_and_checked(tmp_path):
-    """A notebook dropped in nbs/ gets its page in the section its name says and shows its stored outputs without running;
-    a module page that lacks a public name fails the build, naming it"""
+    """A notebook dropped in nbs/ gets its page in the section its name says and shows its stored outputs without
+    running; a module page that lacks a public name fails the build, naming it"""
     proj = tmp_path/'proj'; (proj/'nbs').mkdir(parents=True)
     shutil.copy(ROOT/'settings.ini', proj); shutil.copy(ROOT/'nbs'/'index.ipynb', proj/'nbs')
     stored = [{'output_type': 'stream', 'name': 'stdout', 'text': ['stored output 1234\n']}]

@@ -183,7 +183,8 @@ def test_tta_preds_and_fitted_weights(pair):
     cnn, mlp = pair
     with cnn.no_bar(), mlp.no_bar():
         preds, t = learners_preds(pair, tta=True, scale=8/7, flip=None)
-        assert torch.allclose(preds[0], cnn.tta10(scale=8/7, flip=None)[0]) and torch.allclose(preds[1], mlp.tta10(scale=8/7, flip=None)[0])
+        assert torch.allclose(preds[0], cnn.tta10(scale=8/7, flip=None)[0])
+        assert torch.allclose(preds[1], mlp.tta10(scale=8/7, flip=None)[0])
     w = fit_weights(preds, t)
     losses = [_log_loss(ensemble_preds(preds, ws), t) for ws in (w, [1, 1], [1, 0], [0, 1])]
     # the fitted weights beat equal weights and each model alone, on the set they were fitted on
@@ -255,8 +256,8 @@ def test_bad_predictions_refused(setup):
     with pytest.raises(ValueError, match='logits'): pseudo_labels(torch.randn(len(unlab), 10))
     with pytest.raises(ValueError, match='classes'):
         pseudo_dataloaders(dls, tdl, pseudo_labels(torch.full((len(unlab), 4), 0.25)))
-    with pytest.raises(ValueError, match='made for'): pseudo_dataloaders(dls,
-                                                                         d.x[unlab[:-1]], pseudo_labels(torch.full((len(unlab), 10), 0.1)))
+    with pytest.raises(ValueError, match='made for'):
+        pseudo_dataloaders(dls, d.x[unlab[:-1]], pseudo_labels(torch.full((len(unlab), 10), 0.1)))
 
 # ---- cross-validation
 

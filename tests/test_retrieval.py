@@ -20,7 +20,8 @@ from compkit.learner import timm_learner
 from compkit.retrieval.heads import ArcFace, CosFace, TripletLoss, EmbeddingModel, MarginTargets, metric_learner
 from compkit.retrieval.sampling import PKSampler, pk_dataloaders, drop_singletons
 import compkit.retrieval.search as R # and Learner.get_embeddings
-from compkit.retrieval.search import topk_similar, rank_classes, map_at_k, embeddings, concat_embeddings, meta_embeddings
+from compkit.retrieval.search import (topk_similar, rank_classes, map_at_k, embeddings, concat_embeddings,
+                                      meta_embeddings)
 
 # ---- heads and PK sampling
 

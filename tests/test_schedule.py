@@ -5,7 +5,8 @@ import warnings
 import numpy as np, pytest, torch
 from PIL import Image
 from torch import nn
-from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms, MixUp, Callback, CancelFitException, RandTransform
+from fastai.vision.all import (ImageDataLoaders, Resize, aug_transforms, MixUp, Callback, CancelFitException,
+                               RandTransform)
 from compkit.core import seed_everything
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
@@ -143,8 +144,8 @@ def test_a_second_run_on_disk_neither_overwrites_nor_mixes(dls, tmp_path):
 def test_interrupted_fit_keeps_finished_snapshots_on_disk_and_a_new_learner_ensembles_them(dls, tmp_path):
     learn = timm_learner(dls, small_cnn(), path=tmp_path)
     with quiet(learn), learn.no_logging(): learn.fit_sgdr_snapshots(4, 1, 2e-2, 1e-3, to_disk=True, cbs=CancelAt(2))
-    assert sorted(p.name
-                  for p in (tmp_path/'models'/'snapshot'/'run_000').iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth']
+    run = tmp_path/'models'/'snapshot'/'run_000'
+    assert sorted(p.name for p in run.iterdir()) == ['snapshot_000.pth', 'snapshot_001.pth']
     new = timm_learner(dls, small_cnn(), path=tmp_path).load_snapshots()
     with quiet(learn), quiet(new):
         p_new, t = new.snapshot_preds()

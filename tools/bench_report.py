@@ -1,5 +1,5 @@
-"""Run every benchmark in bench/ and write BENCHMARKS.md (`make bench`): the machine, then each benchmark's markdown tables
-as it printed them and the plots it saved to the folder named by $BENCH_OUT.
+"""Run every benchmark in bench/ and write BENCHMARKS.md (`make bench`): the machine, then each benchmark's markdown
+tables as it printed them and the plots it saved to the folder named by $BENCH_OUT.
 Run: python tools/bench_report.py [NAME ...] [--args "--sizes 32 --epochs 2"] [--out BENCHMARKS.md] [--bench bench]"""
 import argparse, ast, datetime, os, platform, re, shlex, subprocess, sys, time
 from pathlib import Path
@@ -43,7 +43,8 @@ def run(script, args, out_dir, report, timeout):
     # the script's headings sit under its section
     if ok: md.append(re.sub(r'^(#{1,5}) ', r'#\1 ', r.stdout.strip(), flags=re.M))
     else:
-        md.append(f'**Failed ({r.returncode}).** Last lines of its output:\n\n```\n' + '\n'.join((r.stdout + r.stderr).splitlines()[-30:]) + '\n```')
+        tail = '\n'.join((r.stdout + r.stderr).splitlines()[-30:])
+        md.append(f'**Failed ({r.returncode}).** Last lines of its output:\n\n```\n' + tail + '\n```')
     md += [f'![{p.stem}]({Path(os.path.relpath(p, report.parent)).as_posix()})' for p in sorted(out_dir.glob('*.png'))]
     return '\n\n'.join(m for m in md if m), ok
 
@@ -62,7 +63,8 @@ def main(names=(), args='', out='BENCHMARKS.md', timeout=3600, bench='bench'):
         if not ok: failed.append(s.stem)
     head = ('# Benchmarks\n\nWritten by `make bench` (tools/bench_report.py), which runs every benchmark in `bench/` '
             'once on this machine. '
-            'Each benchmark measures compkit against its peers in the same run; ratios are in its tables.\n\n' + machine())
+            'Each benchmark measures compkit against its peers in the same run; ratios are in its tables.\n\n'
+            + machine())
     with atomic_write(out) as tmp: Path(tmp).write_text('\n\n'.join([head, *sections]) + '\n')
     print(f'wrote {os.path.relpath(out, ROOT)}' + (f'; failed: {", ".join(failed)}' if failed else ''))
     if failed: sys.exit(1)

@@ -12,7 +12,8 @@ def nb2md(nb_path):
         out.append('```python\n' + re.sub(r'^#\|.*\n?', '', src, flags=re.M).rstrip() + '\n```')
         text = ''.join(''.join(o.get('text', '')) for o in c.get('outputs', []) if o.get('output_type') == 'stream')
         if text.strip(): out.append('```\n' + text.rstrip() + '\n```')
-    return '<!-- generated from nbs/index.ipynb by tools/nb2md.py (make export): edit the notebook -->\n\n' + '\n\n'.join(out) + '\n'
+    head = '<!-- generated from nbs/index.ipynb by tools/nb2md.py (make export): edit the notebook -->'
+    return head + '\n\n' + '\n\n'.join(out) + '\n'
 
 if __name__ == '__main__':
     src, dst = (sys.argv[1:] + ['nbs/index.ipynb', 'README.md'][len(sys.argv)-1:])[:2]

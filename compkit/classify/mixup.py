@@ -94,7 +94,8 @@ class MixUpCutMix(Callback):
         if min(mixup_alpha, cutmix_alpha) < 0 or mixup_alpha == cutmix_alpha == 0:
             raise ValueError(f"mixup_alpha ({mixup_alpha}) and cutmix_alpha ({cutmix_alpha}) must be >= 0, and one of "
                              f"them > 0")
-        if not 0 <= switch_prob <= 1: raise ValueError(f"switch_prob must be a probability in [0, 1], not {switch_prob}")
+        if not 0 <= switch_prob <= 1:
+            raise ValueError(f"switch_prob must be a probability in [0, 1], not {switch_prob}")
         if mode not in ('batch', 'elem'): raise ValueError(f"mode must be 'batch' or 'elem', not {mode!r}")
         if not (stop_at is None or (type(stop_at) is int and stop_at >= 1) or (type(stop_at) is float
                                                                                and 0 < stop_at <= 1)):

@@ -173,7 +173,8 @@ def _pooled_layer(model):
     """The module whose output is `model`'s pooled features: the pooling + `Flatten` of a fastai head, or a timm model's
     `global_pool`"""
     head = model[-1] if isinstance(model, nn.Sequential) else None
-    if isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], (AdaptiveConcatPool2d, nn.AdaptiveAvgPool2d)) and isinstance(head[1], Flatten):
+    if (isinstance(head, nn.Sequential) and len(head) > 1
+        and isinstance(head[0], (AdaptiveConcatPool2d, nn.AdaptiveAvgPool2d)) and isinstance(head[1], Flatten)):
         return head[1]
     if isinstance(getattr(model, 'global_pool', None), nn.Module): return model.global_pool
     raise ValueError(f"no fastai head or timm `global_pool` in this {type(model).__name__}: pass `layer`, the module "

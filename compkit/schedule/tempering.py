@@ -37,7 +37,8 @@ class Tempering(Callback):
                 ):
         if lr_rule not in _lr_power: raise ValueError(f"lr_rule must be one of {list(_lr_power)}, not {lr_rule!r}")
         store_attr()
-        self.switched, self.switch_at, self.n_trained, self.hist = switch_epoch == 0, switch_epoch if switch_epoch == 0 else None, 0, []
+        self.switched, self.switch_at = switch_epoch == 0, switch_epoch if switch_epoch == 0 else None
+        self.n_trained, self.hist = 0, []
 
     def before_fit(self):
         self.run = not lr_find_or_preds(self.learn)
