@@ -156,7 +156,8 @@ def main(configs, bs, repeat, reps, max_batches, threads):
                                  lr=1e-3).opt.defaults.get('fused') else 'foreach'
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     opt_steps(['resnet18', 'resnet50'] if not max_batches else ['resnet10t'], device)
-    print(f"### One fit_one_cycle epoch ({device} {name}, {torch.get_num_threads()} thread(s), bs {bs}, fp32; best of "
+    where = f'{device} {name}' if device.type == 'cuda' else str(device)
+    print(f"### One fit_one_cycle epoch ({where}, {torch.get_num_threads()} thread(s), bs {bs}, fp32; best of "
           f"{reps} epochs after a warm-up)\n")
     print('| model, px | batches (train + valid) | run | s per epoch | / floor | / compkit |')
     print('|---|---|---|---|---|---|')
