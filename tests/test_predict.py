@@ -70,7 +70,8 @@ def tiny_cnn(n_in=1): return nn.Sequential(ConvLayer(n_in, 16, stride=2), ConvLa
 
 @pytest.fixture(scope='module')
 def trained():
-    "A small CNN trained on 28 px digits with random crops (pad-crop and random-resized-crop)"
+    "A small CNN trained on 28 px digits with random crops (pad-crop and random-resized-crop), seeded"
+    seed_everything(0)
     dls = DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0,
                                            batch_tfms=[RandomPadCrop(3), RandomResizedCrop(scale=(0.5, 1))])
     learn = timm_learner(dls, tiny_cnn())
@@ -99,7 +100,8 @@ def test_scale_with_default_size_on_trained_digits(trained):
     assert torch.equal(t, t1) and p.shape == p1.shape
     assert torch.allclose(p, _reference(trained.model.eval(), xb, 8/7, 28, n=5), atol=1e-5)
     acc1, acc5 = (p1.argmax(1) == t1).float().mean(), (p.argmax(1) == t).float().mean()
-    assert acc1 > 0.75 and acc5 > acc1 - 0.03, (acc1, acc5)   # a model trained on random crops is not hurt by them
+    # TTA must help, not merely not hurt much: +6 to +9 images of 360 over seeds 0-2 (issue 20: this passed 3 points worse)
+    assert acc1 > 0.75 and acc5 >= acc1 + 3 / 360, (acc1, acc5)
 
 def test_chunked_equals_unchunked(trained, sdl):
     with trained.no_bar():
