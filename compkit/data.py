@@ -180,6 +180,7 @@ class DeviceDL(TfmdDL):
 
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_gen'} # generators don't pickle
 
+# %% ../nbs/10_data.ipynb #25193607
 def _check_bs(bs, name='bs'):
     "`bs` if it is a batch size (a whole number >= 1); a ValueError naming `name` otherwise, not a division by 0 later"
     if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
@@ -203,6 +204,7 @@ def _rank_spans(n, bs, drop_last, rank, world):
     starts = range(0, n - step + 1 if drop_last else n, step)
     return [(s, s + rank * k, s + (rank + 1) * k) for s in starts for k in [min(step, n - s) // world]]
 
+# %% ../nbs/10_data.ipynb #126da4ab
 def _kept_on_host(x, device):
     """Whether images `x` are held on the host for training on another `device` (a GPU), to be copied over a batch at a
     time"""
