@@ -66,8 +66,9 @@ def _feature_shape(body, x):
     """Shape (C, h, w) of `body`'s features for one input like `x`, computed in eval mode (BatchNorm statistics
     untouched)"""
     training, dev = body.training, next(body.parameters(), torch.empty(0)).device
-    with torch.no_grad(): f = body.eval()(x.as_subclass(Tensor).to(dev))
-    body.train(training)
+    try:
+        with torch.no_grad(): f = body.eval()(x.as_subclass(Tensor).to(dev))
+    finally: body.train(training) # an error in the forward pass leaves the body's mode as it was too
     if f.ndim != 4: raise ValueError(f"the body gives features of shape {tuple(f.shape)}; a box head needs a feature "
                                      f"map (N, C, h, w): pass a body without its pooling")
     return f.shape[1:]

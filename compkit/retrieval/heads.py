@@ -157,6 +157,6 @@ def metric_learner(dls, # `DataLoaders` with class targets (the head's classes)
 def _n_features(m, dls):
     "The number of features `m` outputs on one batch of `dls` (in eval mode: no BatchNorm statistics updated)"
     was_training, dev = m.training, next(m.parameters()).device
-    with torch.no_grad(): n = m.eval()(dls.one_batch()[0][:2].to(dev)).shape[-1]
-    m.train(was_training)
-    return n
+    try:
+        with torch.no_grad(): return m.eval()(dls.one_batch()[0][:2].to(dev)).shape[-1]
+    finally: m.train(was_training) # an error in the forward pass leaves the model's mode as it was too
