@@ -263,7 +263,7 @@ def test_figures_have_alt_text_from_captions(site):
             if not alt or not alt[1].strip() or 'No description' in alt[1] or not cap: bad.append(f'{f}: {img[:80]}')
             elif html.unescape(alt[1]) != html.unescape(re.sub(r'<[^>]+>', '', cap)).strip():
                 bad.append(f'{f}: {alt[1]}')
-    assert not bad, bad
+    assert not bad, f'figures without their caption as alt text (add `#| fig-cap: "..."` to the cell): {bad}'
 
 def test_every_public_name_and_method_has_its_entry(site):
     """compkit.all's public API, module by module (`MODULES`), has an entry on its module's page: every name, and

@@ -140,6 +140,7 @@ class _Links:
         if name in self.ambiguous: return self.fastai.doc(f'fastai.data.core.{name}') if self.ambiguous[name] else None
         return self.fastai.doc(name)
     def url(self, name, fastai=False):
+        if name.split('.')[-1].startswith('_'): return None    # a private name has no entry to link to
         if not fastai and (u := self.ours.doc(name)) and 'docs.fast.ai' not in u: return u
         # after "fastai's", a bare name may be a `Learner` method (fastai's `tta`)
         names = (name, f'Learner.{name}')[:1 + fastai]
