@@ -98,18 +98,22 @@ class SnapshotEnsemble(Callback):
             self.pending = self._weights(), self.last # decided by the next epoch's first batch
     def after_fit(self): self.pending = None # a fit stopped before its next epoch: that epoch's end is no cycle's
 
-    def _weights(self):
-        return {k: v.detach().to('cpu', copy=True) for k, v in get_model(self.model).state_dict().items()}
-    def _keep(self, w):
-        "Add weights `w` to the snapshots: in host memory, or written atomically into this callback's run folder"
-        if not self.to_disk: self.snapshots.append(w); return
-        if self.run_dir is None:
-            self.run_dir = from_rank0(_new_run(self.path/self.model_dir/self.fname) if rank_world()[0] == 0 else None)
-        file = self.run_dir/f'{self.fname}_{len(self.snapshots):03d}.pth'
-        if rank_world()[0] == 0: # every rank has the same weights: one writes, the others wait until it has
-            with atomic_write(file) as tmp: torch.save(w, tmp)
-        barrier()
-        self.snapshots.append(file)
+# %% ../../nbs/41_schedule.snapshot.ipynb #d02e62d7
+@patch
+def _weights(self:SnapshotEnsemble):
+    return {k: v.detach().to('cpu', copy=True) for k, v in get_model(self.model).state_dict().items()}
+
+@patch
+def _keep(self:SnapshotEnsemble, w):
+    "Add weights `w` to the snapshots: in host memory, or written atomically into this callback's run folder"
+    if not self.to_disk: self.snapshots.append(w); return
+    if self.run_dir is None:
+        self.run_dir = from_rank0(_new_run(self.path/self.model_dir/self.fname) if rank_world()[0] == 0 else None)
+    file = self.run_dir/f'{self.fname}_{len(self.snapshots):03d}.pth'
+    if rank_world()[0] == 0: # every rank has the same weights: one writes, the others wait until it has
+        with atomic_write(file) as tmp: torch.save(w, tmp)
+    barrier()
+    self.snapshots.append(file)
 
 def _lrs(opt): return [h['lr'] for h in opt.hypers]
 
