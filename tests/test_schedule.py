@@ -85,13 +85,15 @@ def test_after_training_survives_and_leaves_the_learner_as_it_was(dls):
     learn = timm_learner(dls, small_cnn())
     with quiet(learn), learn.no_logging(): learn.fine_tune(6, 2e-2, lr_mult=1)
     w0, opt0 = weights(learn), learn.opt.state_dict()
-    opt0 = [{k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for s in opt0['state']]
+    per_param = lambda st: list(st.values()) if isinstance(st, dict) else st # a torch optimizer's state, or fastai's
+    opt0 = [{k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for s in per_param(opt0['state'])]
     with quiet(learn), warnings.catch_warnings():
         warnings.simplefilter('ignore') # a trained model has no clear descent left: that is warned about, not raised
         b = learn.lr_find_bounds(show_plot=False)
     assert np.isfinite([b.lr_min, b.lr_max]).all() and 0 < b.lr_min < b.lr_max
     assert same(w0, weights(learn))
-    for s0, s1 in zip(opt0, learn.opt.state_dict()['state']):
+    assert len(opt0) == len(per_param(learn.opt.state_dict()['state'])) > 0
+    for s0, s1 in zip(opt0, per_param(learn.opt.state_dict()['state'])):
         assert s0.keys() == s1.keys() and all(torch.equal(s0[k], s1[k]) if torch.is_tensor(s0[k]) else s0[k] == s1[k]
                                               for k in s0)
 
