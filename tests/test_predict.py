@@ -100,7 +100,8 @@ def test_scale_with_default_size_on_trained_digits(trained):
     assert torch.equal(t, t1) and p.shape == p1.shape
     assert torch.allclose(p, _reference(trained.model.eval(), xb, 8/7, 28, n=5), atol=1e-5)
     acc1, acc5 = (p1.argmax(1) == t1).float().mean(), (p.argmax(1) == t).float().mean()
-    # TTA must help, not merely not hurt much: +6 to +9 images of 360 over seeds 0-2 (issue 20: this passed 3 points worse)
+    # TTA must help, not merely not hurt much: +6 to +9 images of 360 over seeds 0-2 (issue 20: this passed 3 points
+    # worse)
     assert acc1 > 0.75 and acc5 >= acc1 + 3 / 360, (acc1, acc5)
 
 def test_chunked_equals_unchunked(trained, sdl):

@@ -67,7 +67,8 @@ def test_bounds_agree_with_lr_bounds_on_the_recorded_curve(dls):
     assert (b.lr_min, b.lr_max) == lr_bounds(lrs[10:n], losses[10:n])[:2]  # fastai's warm-up skip: num_it//10
 
 def test_bounds_of_a_curve_with_known_bounds():
-    "issue 20: lr_find_bounds was checked only against lr_bounds on its own curve; here the answer is known in closed form"
+    """issue 20: lr_find_bounds was checked only against lr_bounds on its own curve; here the answer is known in closed
+    form"""
     lrs = np.logspace(-7, 1, 161) # 20 points a decade
     x = np.log10(lrs)
     # a logistic descent centred at 1e-3 (steepest there), 0.25 decade wide, then divergence past 1e-1
@@ -77,7 +78,8 @@ def test_bounds_of_a_curve_with_known_bounds():
     lr_min, lr_max, _ = lr_bounds(lrs, losses)
     assert abs(np.log10(lr_max) - -3) <= 0.05 + 1e-9              # within one point of the curve
     assert abs(np.log10(lr_min) - -3.909) <= 0.05 + 1e-9
-    with pytest.raises(ValueError, match='loss 3 is not finite'): lr_bounds(lrs[:10], np.r_[losses[:3], np.nan, losses[4:10]])
+    with pytest.raises(ValueError, match='loss 3 is not finite'):
+        lr_bounds(lrs[:10], np.r_[losses[:3], np.nan, losses[4:10]])
 
 def test_after_training_survives_and_leaves_the_learner_as_it_was(dls):
     "fastai#3658: after fine_tune the loss is tiny and noisy; the test must not fail nor change the learner"
