@@ -241,6 +241,10 @@ def test_search_in_chromium(site, server, chromium, tmp_path):
     assert len(hrefs) < len([h for h, t in index.items() if 'snapshot' in t])   # all words, not any
     _, text = search('core.html', 'zqxj+nothing')
     assert 'No results for' in text
+    # opened from disk (`make docs`, then open _docs/index.html), where browsers refuse to fetch a JSON index
+    local = (site.out/'index.html').as_uri() + '?q=from_folder'
+    hrefs, _ = _results(browse(chromium, local, tmp_path/'p', '--dump-dom'))
+    assert hrefs[0] == 'data.html#devicedataloaders.from_folder', hrefs
 
 def test_fastai_names_link_to_fastai_docs(site):
     "A name after \"fastai's\" links to docs.fast.ai despite a compkit namesake, as fastai names compkit lacks do"
