@@ -122,15 +122,27 @@ def lr_find_or_preds(learn, # a fastai `Learner`
 class _ExitGuard:
     """A learner's `_with_events` while a fit runs: an exception fastai does not handle runs the restores registered
     with it"""
-    def __init__(self, learn): self.learn, self.fns = learn, []
+    def __init__(self, learn):
+        self.learn, self.fns, self.catches = learn, [], []
+        # what the layers of fastai's loop around the running one catch: to start, those the guard is put on from
+        # inside (the fit's, or more from `before_train`), each a `_with_events` on the stack with its `ex`
+        code, f = type(learn)._with_events.__code__, sys._getframe()
+        while f is not None:
+            if f.f_code is code: self.catches.append(f.f_locals['ex'])
+            f = f.f_back
     def __call__(self, f, event_type, ex, final=noop):
+        outer = tuple(self.catches)
+        self.catches.append(ex)
         try: return type(self.learn)._with_events(self.learn, f, event_type, ex, final)
-        except CancelFitException: raise # fastai's `fit` catches it and runs `after_cancel_fit` and `after_fit`
+        # fastai's control flow, caught further out (GradientAccumulation's `CancelBatchException` from `before_step`,
+        # ShortEpochCallback's `CancelTrainException`, a cancelled fit): the fit goes on, or ends with `after_fit`
+        except outer: raise
         except BaseException:
             # as `after_fit` would: a callback switched off for this fit is on again
             for cb in self.learn.cbs: cb.run = True
             self.run()
             raise
+        finally: self.catches.pop()
     def run(self):
         "Run the registered restores, the last registered first, and take the guard off the learner"
         try:

@@ -6,6 +6,7 @@ from torch import nn
 from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback
 from fastai.callback.progress import CSVLogger
 from fastai.callback.core import Callback
+from fastai.callback.training import GradientAccumulation, ShortEpochCallback
 from fastai.learner import Metric
 from fastai.learner import load_learner
 from fastai.layers import ConvLayer
@@ -111,6 +112,24 @@ def test_an_interrupted_fit_puts_the_loss_back():
     with learn.no_bar(), learn.no_logging(), pytest.raises(KeyboardInterrupt):
         learn.fit(3, 3e-3, cbs=[BoxLossSwitch(thresh=None, at_epoch=1), Stop()])
     assert learn.loss_func is l1
+
+@pytest.mark.parametrize('fastai_cb', [lambda: GradientAccumulation(256), lambda: ShortEpochCallback(0.5)],
+                         ids=['grad_accum', 'short_epoch'])
+def test_fastai_control_flow_keeps_the_switch_to_the_fit_end(fastai_cb):
+    """GradientAccumulation's CancelBatchException and ShortEpochCallback's CancelTrainException go on with the fit:
+    every batch from the switch on trains with the composite, and the loss comes back at the end"""
+    learn = box_learner(dls_(), small_body())
+    l1 = learn.loss_func
+    class BatchLosses(Callback):
+        order = BoxLossSwitch.order + 1
+        def before_fit(self): self.used = []
+        def before_batch(self):
+            if self.training: self.used.append((self.epoch, type(self.learn.loss_func).__name__))
+    sw, log = BoxLossSwitch(thresh=None, at_epoch=1), BatchLosses()
+    with learn.no_bar(), learn.no_logging(): learn.fit(3, 3e-3, cbs=[sw, fastai_cb(), log])
+    assert {e for e, _ in log.used} == {0, 1, 2} and sw.switch_epoch == 1
+    assert all(name == ('BaseLoss' if e == 0 else 'CompositeBoxLoss') for e, name in log.used)
+    assert learn.loss_func is l1 and '_with_events' not in learn.__dict__
 
 @pytest.mark.parametrize('make, msg', [(lambda: BoxLossSwitch(thresh=90), 'thresh'),
                                        (lambda: BoxLossSwitch(thresh=None, at_epoch=-1), 'at_epoch'),

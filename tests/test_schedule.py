@@ -7,6 +7,7 @@ from PIL import Image
 from torch import nn
 from fastai.vision.all import (ImageDataLoaders, Resize, aug_transforms, MixUp, Callback, CancelFitException,
                                RandTransform)
+from fastai.callback.training import GradientAccumulation, ShortEpochCallback
 from compkit.core import seed_everything
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders
@@ -289,6 +290,32 @@ def test_an_interrupted_fit_leaves_the_learner_as_a_fresh_one(make, event, epoch
     # the next fit starts from the loader as it was, and puts it back
     with quiet(learn), learn.no_logging(): learn.fit(3, 1e-3)
     assert state(learn) == fresh
+
+class Steps(Callback):
+    "Count the optimizer's steps"
+    def before_fit(self): self.n = 0
+    def after_step(self): self.n += 1
+
+# each holds its change to the fit's end: a restore run too early leaves the learner changed
+HOLDING_CBS = dict(swa=SCHEDULE_CBS['swa'], tempering=lambda: Tempering(switch_epoch=5),
+                   progressive=lambda: ProgressiveResize({0: 12, 1: 14, 5: 16}, scale_bs=True),
+                   ema=SCHEDULE_CBS['ema'])
+
+@pytest.mark.parametrize('make', HOLDING_CBS.values(), ids=HOLDING_CBS.keys())
+@pytest.mark.parametrize('fastai_cb', [lambda: GradientAccumulation(256), lambda: ShortEpochCallback(0.5)],
+                         ids=['grad_accum', 'short_epoch'])
+def test_fastai_control_flow_in_a_fit_puts_nothing_back_before_its_end(make, fastai_cb):
+    """GradientAccumulation's CancelBatchException (a batch without a step) and ShortEpochCallback's
+    CancelTrainException/CancelValidException go on with the fit: the learner comes back at its end, as a fresh one"""
+    dls = DeviceDataLoaders.from_tensors(D.x[:320], D.y[:320], bs=64, seed=0, batch_tfms=RandomPadCrop(2))
+    cb, steps = make(), Steps()
+    learn = timm_learner(dls, small_cnn(), cbs=cb)
+    learn.create_opt(); learn.opt.set_hyper('lr', 1e-3)
+    fresh = state(learn)
+    with quiet(learn), learn.no_logging(): learn.fit(3, 1e-3, cbs=[fastai_cb(), steps])
+    assert state(learn) == fresh and '_with_events' not in learn.__dict__
+    # EMA's average is one of the whole fit, not restarted where a batch skipped its step
+    if isinstance(cb, EMA): assert cb.n_updates == steps.n > 0
 
 @pytest.mark.parametrize('event, epoch, exc',
                          [('after_batch', 1, KeyboardInterrupt), ('before_validate', 1, RuntimeError),
