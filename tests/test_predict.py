@@ -424,3 +424,9 @@ def test_cv_folds_in_parallel_processes(tmp_path):
     finally: sys.path.remove(str(tmp_path))
     one = run() # the same folds in this one process
     assert res.complete and torch.allclose(res.oof, one.oof, atol=1e-5) and res.score == pytest.approx(one.score)
+
+@pytest.mark.parametrize('kw, msg', [(dict(scale=0), 'scale must be > 0'), (dict(chunk=0), 'chunk must be'),
+                                     (dict(max_mem=0), 'max_mem must be'), (dict(merge='median'), 'merge must be')])
+def test_tta10_refuses_bad_settings_at_the_call(trained, kw, msg):
+    "issue 20: refused at the call, not as a range() step of 0 or an empty image later"
+    with pytest.raises(ValueError, match=msg): trained.tta10(**kw)

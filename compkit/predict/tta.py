@@ -254,6 +254,10 @@ def tta10(self:Learner,
     """Predictions on `dl` merged over 10 crops (corners, centre, flips) of the images resized by `scale`: (preds,
     targs), plus the views' if `with_views`"""
     if merge not in ('mean', 'gmean', 'max'): raise ValueError(f"merge must be 'mean', 'gmean' or 'max', not {merge!r}")
+    if not scale > 0: raise ValueError(f"scale must be > 0 (8/7: ImageNet's 10-crop), not {scale}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be a whole number of views >= 1, or None, not {chunk!r}")
+    if not 0 < max_mem <= 1: raise ValueError(f"max_mem must be a fraction in (0, 1], not {max_mem}")
     n_inp = getattr(self.dls, 'n_inp', 1)
     if n_inp != 1: raise ValueError(f"tta10 crops one image input; these loaders give {n_inp} inputs")
     dl = ifnone(dl, self.dls[ds_idx])
