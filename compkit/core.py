@@ -11,19 +11,20 @@ import torch, torch.distributed as dist
 from torch import nn
 from fastcore.basics import noop
 from fastai.torch_core import set_seed
-from fastai.callback.core import CancelFitException
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.schedule import LRFinder
 from fastprogress import fastprogress as fp
 from fastprogress.core import IN_NOTEBOOK
 from fastprogress.fastprogress import ProgressBar, MasterBar, ConsoleMasterBar, format_time
 from fastai.imports import noop as _no_logger # what fastai's `no_logging` puts in place (not fastcore's `noop`)
 from fastai.learner import defaults
+import fastai.callback.progress
 from fastai.callback.progress import ProgressCallback
 
 # %% auto #0
 __all__ = ['seed_everything', 'draw_seed', 'get_device', 'device_generator', 'atomic_write', 'kept_state', 'rank_world',
            'from_rank0', 'barrier', 'lr_find_or_preds', 'on_fit_exit', 'interactive', 'PlainProgressBar',
-           'PlainMasterBar', 'progress_bar', 'master_bar', 'LogProgressCallback']
+           'PlainMasterBar', 'progress_bar', 'master_bar', 'SilentFitLine']
 
 # %% ../nbs/00_core.ipynb #98946f64
 _seedings = 0 # how many times `seed_everything` has run
@@ -221,30 +222,18 @@ def master_bar(gen, # what to iterate over (epochs, models, folds)
     return PlainMasterBar(gen, total=total, comment=comment)
 
 # %% ../nbs/00_core.ipynb #ea8edf21
-class LogProgressCallback(ProgressCallback):
-    "fastai's `ProgressCallback` whose bars become plain lines in a log: a row per epoch, a line per silent fit"
-    @property
-    def name(self): return 'progress' # `learn.progress`, where fastai's `no_bar`, `tta` and `distrib_ctx` look for it
+# fastai's `ProgressCallback` draws its bars from these two names of its module, including the callback that
+# `no_bar` and `distrib_ctx` put back: pointing them at compkit's makes every fit's bars plain lines in a log,
+# with fastai's own callback left in place (a subclass of it would be swapped back by `no_bar`)
+fastai.callback.progress.master_bar, fastai.callback.progress.progress_bar = master_bar, progress_bar
 
-    def before_fit(self):
-        # fastai's `before_fit`, with this module's `master_bar`
-        assert hasattr(self.learn, 'recorder')
-        self.t0, self.logged = time.time(), self.learn.logger is not _no_logger
-        if self.create_mbar: self.mbar = master_bar(list(range(self.n_epoch)))
-        if self.logged:
-            self.old_logger, self.learn.logger = self.logger, self._write_stats
-            self._write_stats(self.recorder.metric_names)
-        else: self.old_logger = _no_logger
-
-    def _launch_pbar(self):
-        self.pbar = progress_bar(self.dl, parent=getattr(self, 'mbar', None), leave=False)
-        self.pbar.update(0)
-
+class SilentFitLine(Callback):
+    "In a log, one line when a fit that writes no table (`lr_find`, `no_logging`) is done; nothing elsewhere"
+    order = ProgressCallback.order - 1 # sees the logger before fastai's progress callback takes it over
+    def before_fit(self): self.t0, self.silent = time.time(), self.learn.logger is _no_logger
     def after_fit(self):
-        # a fit that trained without logging (an lr range test) says so; prediction passes (no training) say nothing
-        if isinstance(getattr(self, 'mbar', None), PlainMasterBar) and not self.logged and self.learn.train_iter:
-            what = 'lr range test' if lr_find_or_preds(self.learn) else 'fit'
-            print(f'{what}: {self.learn.train_iter} batches in {format_time(time.time() - self.t0)}', flush=True)
-        super().after_fit()
+        if not (self.silent and self.learn.train_iter and not interactive()): return
+        what = 'lr range test' if lr_find_or_preds(self.learn) else 'fit'
+        print(f'{what}: {self.learn.train_iter} batches in {format_time(time.time() - self.t0)}', flush=True)
 
-defaults.callbacks = [LogProgressCallback if c is ProgressCallback else c for c in defaults.callbacks]
+defaults.callbacks.append(SilentFitLine) # in every `Learner`, as fastai adds its `ProgressCallback`

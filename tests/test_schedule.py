@@ -241,9 +241,7 @@ def state(learn):
     "What a schedule callback may touch and must put back"
     dl = learn.dls.train
     return dict(bs=dl.bs, batch_tfms=id(dl.after_batch.fs), item_tfms=id(dl.after_item.fs), loss=id(learn.loss_func),
-                lrs=[h['lr'] for h in learn.opt.hypers],
-                # fastai's `no_bar` puts back a `ProgressCallback` in place of whichever progress callback it took off
-                cbs=sorted(type(c).__name__ for c in learn.cbs if 'Progress' not in type(c).__name__),
+                lrs=[h['lr'] for h in learn.opt.hypers], cbs=sorted(type(c).__name__ for c in learn.cbs),
                 shapes={k: v.shape for k, v in learn.model.state_dict().items()})
 
 @pytest.mark.parametrize('make', [SnapshotEnsemble, lambda: SWA(start_pct=0.25), lambda: Tempering(switch_epoch=1),
