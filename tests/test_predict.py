@@ -33,6 +33,7 @@ from compkit.box.ops import paired_box_iou
 from compkit.box.model import box_learner
 from compkit.schedule.snapshot import SnapshotEnsemble # `fit_sgdr_snapshots`
 from compkit.predict.cv import cross_validate, CVResult
+from compkit.schedule.ema import EMA
 
 # ---- tta10
 
@@ -371,6 +372,20 @@ def test_cv_oof_pass_skipped_only_when_weights_unchanged():
         learn = Learner(fold_dataloaders(device_dataset(CV_D), *res.splits[0], seed=0), CVNet(10))
         learn.model.load_state_dict(res.models[0])
         assert torch.allclose(res.oof[res.splits[0][1]], cv_preds(learn)[0], atol=1e-5)
+
+@pytest.mark.parametrize('final', [False, True])
+def test_cv_oof_is_the_fold_model_s_with_ema(final):
+    "EMA validates on its average by swapping `.data` (no version bump): the OOF part is still the fold model's own"
+    def fit_ema(learn):
+        # a slow average (1 epoch, decay 0.99) sits far from the trained weights: the two predict differently
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-2, cbs=EMA(0.99, final=final))
+    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), CV_D, 2, fit=fit_ema, seed=0,
+                         test=CV_D.x[:40])
+    for k, (t, v) in enumerate(res.splits):
+        learn = Learner(fold_dataloaders(device_dataset(CV_D), t, v, seed=0), CVNet(10))
+        learn.model.load_state_dict(res.models[k]) # the model's own weights, or with `final` the average
+        assert torch.allclose(res.oof[v], cv_preds(learn)[0], atol=1e-5)
+        assert torch.allclose(res.test_fold_preds[k], cv_preds(learn, learn.dls.test_dl(CV_D.x[:40]))[0], atol=1e-5)
 
 def test_cv_pseudo_labels_on_a_fold():
     "`pseudo_labels` takes the fold ensemble's test predictions; `pseudo_dataloaders` appends to a fold's index view"

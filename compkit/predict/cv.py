@@ -194,10 +194,14 @@ def _predict(learn, dl, tta):
         if snaps: return learn.snapshot_preds(dl=dl)
         return learn.get_preds(dl=dl)
 
-def _versions(model): return tuple(t._version for t in model.state_dict(keep_vars=True).values())
+def _versions(model):
+    "Each weight's storage address and version counter: they change when anything changes the weights"
+    # a step or an in-place edit bumps the counter; a `.data` swap (`EMA` validating on its average) does not, but
+    # points the tensor at other storage
+    return tuple((t.data_ptr(), t._version) for t in model.state_dict(keep_vars=True).values())
 
 class _LastValid(Callback):
-    "Keep the activated predictions of the latest pass over `dls.valid`, and the weights' version counters at its end"
+    "Keep the activated predictions of the latest pass over `dls.valid`, and the weights' `_versions` at its end"
     def before_fit(self): self.res = None
     def before_validate(self): self.preds, self.targs = [], []
     def after_batch(self):
