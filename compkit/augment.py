@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_augment.ipynb #688ba130
 from __future__ import annotations
-import functools, math
+import functools, math, numbers
 import torch, torch.nn.functional as F
 from fastcore.basics import store_attr, tuplify
 from fastai.torch_core import TensorImage
@@ -29,6 +29,19 @@ class _WholeBatch:
     def before_call(self, b, split_idx): pass
     def apply(self, o): return _retyped(self.image(o.as_subclass(torch.Tensor)), o) if isinstance(o, TensorImage) else o
 
+def _within(v, lo=-math.inf, hi=math.inf, lo_open=False):
+    "Whether `v` is a real number in [`lo`, `hi`] (`lo` excluded with `lo_open`): NaN, strings and tensors are not"
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and (lo < v if lo_open else lo <= v) and v <= hi
+
+def _span(v, lo=-math.inf, hi=math.inf, lo_open=False):
+    "Whether `v` is a (min, max) pair of numbers `_within` [`lo`, `hi`] with min <= max"
+    if not (isinstance(v, (tuple, list)) and len(v) == 2): return False
+    return all(_within(o, lo, hi, lo_open) for o in v) and v[0] <= v[1]
+
+def _check(ok, tfm, arg, value, must, fix=''):
+    "Refuse the argument `arg` of transform `tfm` unless `ok`: a random setting out of range trains on something else"
+    if not ok: raise ValueError(f"{type(tfm).__name__}: {arg} must be {must}, not {value!r}{fix}")
+
 class _ItemRandTransform(_WholeBatch, RandTransform):
     """A `RandTransform` whose random `state` is drawn per item, on the batch's device, by `draw(n, device)`; it moves
     the batch's boxes with the images"""
@@ -39,6 +52,9 @@ class _ItemRandTransform(_WholeBatch, RandTransform):
     _key, _next, _size = None, 0, 0
     # an item whose box would keep less than this fraction of its area inside the image is not transformed
     min_visible = 0.5
+    def __init__(self, p:float=1., **kwargs): # p: chance an item is transformed
+        _check(_within(p, 0, 1), self, 'p', p, "a probability in [0, 1], the chance an image is changed (e.g. 0.5)")
+        super().__init__(p=p, **kwargs)
     def apply(self, o):
         """The drawn transform applied to one element of a batch: images by `image`, boxes moved with them, anything
         else as is"""
@@ -109,7 +125,8 @@ class RandomPadCrop(_ItemRandTransform):
     def __init__(self, pad:int=4, # largest shift in px (the pad of pad-and-crop)
                  mode:str='reflect', # 'reflect' or 'zeros'
                  p:float=1.):
-        if mode not in ('reflect', 'zeros'): raise ValueError(f"mode must be 'reflect' or 'zeros', not {mode!r}")
+        _check(mode in ('reflect', 'zeros'), self, 'mode', mode, "'reflect' or 'zeros'")
+        _check(isinstance(pad, int) and pad >= 0, self, 'pad', pad, "a whole number of pixels >= 0")
         super().__init__(p=p); store_attr('pad,mode')
     def draw(self, n, device):
         # (dy, dx) of each item
@@ -131,7 +148,10 @@ class RandomPadCrop(_ItemRandTransform):
 class RandomFlip(_ItemRandTransform):
     "Flip each image left-right (or up-down with `dim=-2`) with probability `p`, as one masked select"
     order, state = fdt.IntToFloatTensor.order - 1, ('flip',)
-    def __init__(self, p:float=0.5, dim:int=-1): super().__init__(p=p); store_attr('dim')
+    def __init__(self, p:float=0.5, dim:int=-1):
+        # dim 0 or 1 would reorder the batch or the channels
+        _check(dim in (-1, -2), self, 'dim', dim, "-1 (left-right) or -2 (up-down)")
+        super().__init__(p=p); store_attr('dim')
     def draw(self, n, device): self.flip = self.chosen(n, device)
     def image(self, x): return torch.where(self.flip[:, None, None, None], x.flip(self.dim), x)
     def move_boxes(self, b):
@@ -194,13 +214,11 @@ class RandomResizedCrop(_ItemAffineTransform):
                  ratio:tuple=(3/4, 4/3), # range of the crop's aspect ratio (width / height)
                  p:float=1.):
         # fastai's `RandomResizedCrop(size, min_scale)` resizes items to `size`; this one keeps the size: refuse that
-        if not (isinstance(scale, (tuple, list)) and len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
-            raise ValueError(f"scale must be a (min, max) fraction of the image's area in (0, 1], not {scale!r}: "
-                             "compkit's "
-                             "RandomResizedCrop keeps the image size (fitted at ingest); "
-                             "fastai's RandomResizedCrop(size) is an item transform")
-        if not (isinstance(ratio, (tuple, list)) and len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"ratio must be a (min, max) aspect ratio (width / height), not {ratio!r}")
+        area = "a (min, max) fraction of the image's area in (0, 1]"
+        _check(_span(scale, 0, 1, lo_open=True), self, 'scale', scale, area,
+               "; compkit's RandomResizedCrop keeps the image size (fitted at ingest), "
+               "fastai's RandomResizedCrop(size) is an item transform")
+        _check(_span(ratio, 0, lo_open=True), self, 'ratio', ratio, "a (min, max) aspect ratio (width / height) > 0")
         super().__init__(p=p); store_attr('scale,ratio')
     def draw(self, n, device):
         r0, r1 = map(math.log, self.ratio)
@@ -218,6 +236,8 @@ class RandomAffine(_ItemAffineTransform):
                  max_zoom:float=1.1, # zoom in by up to this factor, at a random centre
                  flip:bool=True, # also mirror left-right with probability 0.5
                  p:float=0.75): # chance an image is transformed (fastai's `p_affine`)
+        _check(_within(max_rotate, 0, 180), self, 'max_rotate', max_rotate, "an angle in degrees in [0, 180]")
+        _check(_within(max_zoom, 1), self, 'max_zoom', max_zoom, "a zoom-in factor >= 1 (1: no zoom)")
         super().__init__(p=p); store_attr('max_rotate,max_zoom,flip')
     def draw(self, n, device):
         r = math.radians(self.max_rotate)
@@ -236,6 +256,8 @@ class RandomLighting(_ItemRandTransform):
     order, state = fdt.IntToFloatTensor.order + 2, ('contrast', 'brightness', 'offset')
     def __init__(self, max_lighting:float=0.2, # brightness shift up to this, contrast factor within [1-m, 1/(1-m)]
                  p:float=0.75): # chance an image is changed (fastai's `p_lighting`)
+        # the contrast range [1-m, 1/(1-m)] needs m < 1
+        _check(_within(max_lighting, 0, 1) and max_lighting < 1, self, 'max_lighting', max_lighting, "in [0, 1)")
         super().__init__(p=p); store_attr('max_lighting')
     def draw(self, n, device):
         m, c = self.max_lighting, -math.log(1 - self.max_lighting)
@@ -253,6 +275,12 @@ class RandomErasing(_ItemRandTransform):
                  scale:tuple=(0.02, 0.33), # range of the erased area, as a fraction of the image's
                  ratio:tuple=(0.3, 3.3), # range of the rectangle's aspect ratio (height / width), drawn log-uniform
                  value:float=0.): # the fill (on normalized images 0 is the training set's mean)
+        # fastai's `RandomErasing(p, sl, sh, min_aspect, max_count)` shares the name: refuse its positional call
+        fastai = ("; fastai's RandomErasing(p, sl, sh, min_aspect) is compkit's "
+                  "RandomErasing(p, scale=(sl, sh), ratio=(min_aspect, 1/min_aspect))")
+        _check(_span(scale, 0, 1), self, 'scale', scale, "a (min, max) fraction of the image's area in [0, 1]",
+               fastai)
+        _check(_span(ratio, 0, lo_open=True), self, 'ratio', ratio, "a (min, max) aspect ratio > 0", fastai)
         super().__init__(p=p); store_attr('scale,ratio,value')
     def draw(self, n, device):
         r0, r1 = map(math.log, self.ratio)
@@ -283,7 +311,9 @@ class ColorJitter(_ItemRandTransform):
                  saturation:float=0.2, # factor drawn in [1-s, 1+s], about each pixel's grey
                  hue:float=0.05, # shift drawn in [-h, h] turns of the colour wheel (at most 0.5)
                  p:float=1.): # chance an image is changed
-        if not 0 <= hue <= 0.5: raise ValueError(f"hue must be in [0, 0.5] (turns of the colour wheel), not {hue}")
+        for k, v in dict(brightness=brightness, contrast=contrast, saturation=saturation).items():
+            _check(_within(v, 0), self, k, v, "a spread >= 0 (0: unchanged)")
+        _check(_within(hue, 0, 0.5), self, 'hue', hue, "in [0, 0.5] (turns of the colour wheel)")
         super().__init__(p=p); store_attr('brightness,contrast,saturation,hue')
     def draw(self, n, device):
         b, c, s, h = self.brightness, self.contrast, self.saturation, self.hue
@@ -322,7 +352,10 @@ class GaussianBlur(_ItemRandTransform):
     def __init__(self, kernel_size:int=5, # odd: the kernel's width in pixels
                  sigma:tuple=(0.1, 2.0), # range of the standard deviation in pixels (torchvision's default)
                  p:float=0.5):
-        if kernel_size % 2 == 0 or kernel_size < 1: raise ValueError(f"kernel_size must be odd, not {kernel_size}")
+        ks_ok = isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2 == 1
+        _check(ks_ok, self, 'kernel_size', kernel_size, "an odd whole number of pixels (3, 5, ...)")
+        _check(_within(sigma, 0, lo_open=True) or _span(sigma, 0, lo_open=True), self, 'sigma', sigma,
+               "a standard deviation in pixels > 0, or a (min, max) range of them")
         super().__init__(p=p); store_attr('kernel_size,sigma')
     def draw(self, n, device):
         lo, hi = (tuplify(self.sigma) * 2)[:2]
@@ -348,6 +381,8 @@ class GaussianNoise(_ItemRandTransform):
                  sigma:float=0.1, # its standard deviation, on images in [0, 1]
                  clip:bool=True, # clamp the result to [0, 1]
                  p:float=0.5):
+        _check(_within(mean), self, 'mean', mean, "a finite number")
+        _check(_within(sigma, 0), self, 'sigma', sigma, "a standard deviation >= 0")
         super().__init__(p=p); store_attr('mean,sigma,clip')
     def draw(self, n, device): self.on = self.chosen(n, device)
     def image(self, x):
@@ -362,8 +397,7 @@ class RandomPerspective(_ItemRandTransform):
     order, state = fdt.IntToFloatTensor.order + 1, ('H',) # resamples: needs floats
     def __init__(self, distortion_scale:float=0.5, # how far a corner may move, as a fraction of half the image
                  p:float=0.5):
-        if not 0 <= distortion_scale <= 1:
-            raise ValueError(f"distortion_scale must be in [0, 1], not {distortion_scale}")
+        _check(_within(distortion_scale, 0, 1), self, 'distortion_scale', distortion_scale, "in [0, 1]")
         super().__init__(p=p); store_attr('distortion_scale')
     def draw(self, n, device):
         d = self.distortion_scale

@@ -14,8 +14,10 @@ import fastai.callback.channelslast # Learner.to_channelslast
 from compkit.core import seed_everything
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders, image_stats
+import compkit.augment
 from compkit.augment import (RandomPadCrop, RandomResizedCrop, RandomRotate90, RandomPerspective, ColorJitter,
-                             GaussianBlur, GaussianNoise, RandomErasing, KorniaAugment)
+                             GaussianBlur, GaussianNoise, RandomErasing, KorniaAugment, RandomFlip, RandomAffine,
+                             RandomLighting)
 from compkit.learner import timm_learner, TorchAdamW
 from compkit.folds import kfold_splits, device_dataset, fold_dataloaders
 from compkit.classify.mixup import MixUp, CutMix
@@ -110,6 +112,50 @@ def test_new_augmentations_train_repeat_and_leave_the_valid_set():
     seed_everything(3); b = torch.cat([xb for xb, _ in dl])
     assert torch.equal(a, b) and not torch.equal(a, torch.cat([xb for xb, _ in plain.train.new(shuffle=False)]))
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(dls.valid, plain.valid))
+
+RAND_TFMS = [RandomPadCrop, RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting, RandomErasing, ColorJitter,
+             GaussianBlur, GaussianNoise, RandomPerspective, RandomRotate90]
+
+def test_every_random_transform_is_checked_below():
+    aug = compkit.augment
+    found = {o for o in map(aug.__dict__.get, aug.__all__) if issubclass(o, aug._ItemRandTransform)}
+    assert found == set(RAND_TFMS)
+
+@pytest.mark.parametrize('p', [-0.1, 1.5, float('nan'), '0.5'])
+@pytest.mark.parametrize('tfm', RAND_TFMS, ids=lambda t: t.__name__)
+def test_a_probability_outside_0_1_is_refused_at_construction(tfm, p):
+    "issue 20 §1: `RandomFlip(p=2)` would flip every image without a word; the message names the transform and `p`"
+    with pytest.raises(ValueError, match=rf'^{tfm.__name__}: p must be a probability in \[0, 1\]'): tfm(p=p)
+    assert [tfm(p=ok).p for ok in (0, 1.)] == [0, 1.]
+
+@pytest.mark.parametrize('make, match', [
+    # fastai's RandomErasing(p, sl, sh): its positional call is refused, and the message translates it
+    (lambda: RandomErasing(0.5, 0., 0.3), r"^RandomErasing: scale .*, not 0.0; fastai's RandomErasing\(p, sl, sh"),
+    (lambda: RandomErasing(0.5, (0.3, 0.1)), r"RandomErasing: scale .*RandomErasing\(p, scale=\(sl, sh\)"),
+    (lambda: RandomErasing(ratio=(3.3, 0.3)), "^RandomErasing: ratio"),
+    (lambda: RandomErasing(ratio=(0., 1.)), "^RandomErasing: ratio"),
+    (lambda: RandomResizedCrop(224), "^RandomResizedCrop: scale .*fastai's RandomResizedCrop\\(size\\)"),
+    (lambda: RandomResizedCrop(ratio=(2., 1.)), "^RandomResizedCrop: ratio"),
+    (lambda: RandomPadCrop(-2), "^RandomPadCrop: pad"), (lambda: RandomPadCrop(2.5), "^RandomPadCrop: pad"),
+    (lambda: RandomPadCrop(2, 'edge'), "^RandomPadCrop: mode"), (lambda: RandomFlip(dim=0), "^RandomFlip: dim"),
+    (lambda: RandomAffine(max_rotate=-10), "^RandomAffine: max_rotate"),
+    (lambda: RandomAffine(max_zoom=0.9), "^RandomAffine: max_zoom"),
+    (lambda: RandomLighting(1.), "^RandomLighting: max_lighting"), (lambda: RandomLighting(-0.1), "max_lighting"),
+    (lambda: ColorJitter(brightness=-0.2), "^ColorJitter: brightness"), (lambda: ColorJitter(hue=0.6), "hue"),
+    (lambda: ColorJitter(saturation=float('nan')), "^ColorJitter: saturation"),
+    (lambda: GaussianBlur(4), "^GaussianBlur: kernel_size"), (lambda: GaussianBlur(5.), "kernel_size"),
+    (lambda: GaussianBlur(5, -1.), "^GaussianBlur: sigma"), (lambda: GaussianBlur(5, (2., 0.1)), "sigma"),
+    (lambda: GaussianNoise(sigma=-0.1), "^GaussianNoise: sigma"),
+    (lambda: RandomPerspective(1.5), "^RandomPerspective: distortion_scale")])
+def test_settings_out_of_range_are_refused_at_construction(make, match):
+    with pytest.raises(ValueError, match=match): make()
+
+def test_settings_at_the_edge_of_their_range_are_accepted():
+    for make in (lambda: RandomErasing(0.5, (0., 0.3)), lambda: RandomPadCrop(0), lambda: RandomFlip(dim=-2),
+                 lambda: RandomAffine(0, 1.), lambda: RandomLighting(0.), lambda: ColorJitter(0, 0, 0, 0.5),
+                 lambda: GaussianBlur(1, 0.5), lambda: GaussianNoise(sigma=0.), lambda: RandomPerspective(1.),
+                 lambda: RandomResizedCrop((1., 1.), (1., 1.))):
+        make()
 
 def test_valid_set_is_neither_shuffled_nor_augmented():
     dls = dls_(batch_tfms=[RandomPadCrop(4), RandomResizedCrop(), *aug_transforms(max_rotate=30.)])
