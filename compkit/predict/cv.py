@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
-from fastcore.basics import ifnone, getcallable, detuplify, noop
+from fastcore.basics import ifnone, getcallable, detuplify, noop, patch
 from fastai.torch_core import to_detach, to_concat, to_cpu, TensorCategory, TensorMultiCategory
 from fastai.callback.core import Callback
 from fastai.learner import mk_metric, save_model
@@ -112,74 +112,82 @@ class CVResult:
     @property
     def models(self) -> list: return [p['model'] for p in self.parts.values()]
 
-    def table(self) -> pd.DataFrame:
-        "Per fold: items trained and validated on, seconds, score; then the folds' mean ± std and the OOF score"
-        s, secs = np.array(self.scores, dtype=float), [p['secs'] for p in self.parts.values()]
-        rows = [[len(self.splits[k][0]), len(p['valid_idx']), p['secs'], p['score']] for k, p in self.parts.items()]
-        rows += [[None, None, sum(secs), f'{s.mean():.4f} ± {s.std():.4f}'],
-                 [None, int((self.fold >= 0).sum()), None, self.score]]
-        index = [f'fold {k}' for k in self.parts] + ['mean ± std', 'out-of-fold']
-        df = pd.DataFrame(rows, index=index, columns=['train', 'valid', 'seconds', self.metric_name])
-        return df.astype({'train': 'Int64', 'valid': 'Int64', 'seconds': float}).round({'seconds': 1})
     def __repr__(self):
         s, done = np.array(self.scores, dtype=float), f'{len(self.parts)}/{len(self.splits)} folds'
         if not len(s) or self.metric is None: return f'CVResult({done})'
         return (f'CVResult({done} of {self.n} items: {self.metric_name} {s.mean():.4f} ± {s.std():.4f} per fold, '
                 f'{self.score:.4f} out-of-fold)')
 
-    def plot(self, figsize=(5, 3)):
-        "Each fold's score, their mean ± std (band) and the out-of-fold score"
-        k, s = list(self.parts), np.array(self.scores, dtype=float)
-        _, ax = plt.subplots(figsize=figsize)
-        ax.plot(k, s, 'o', label='fold')
-        ax.axhspan(s.mean() - s.std(), s.mean() + s.std(), alpha=0.2, label='mean ± std')
-        ax.axhline(self.score, color='C1', ls='--', label='out-of-fold')
-        ax.set_xticks(k); ax.set_xlabel('fold'); ax.set_ylabel(self.metric_name); ax.legend()
-        return ax
+# %% ../../nbs/53_predict.cv.ipynb #5c828946
+@patch
+def table(self:CVResult) -> pd.DataFrame:
+    "Per fold: items trained and validated on, seconds, score; then the folds' mean ± std and the OOF score"
+    s, secs = np.array(self.scores, dtype=float), [p['secs'] for p in self.parts.values()]
+    rows = [[len(self.splits[k][0]), len(p['valid_idx']), p['secs'], p['score']] for k, p in self.parts.items()]
+    rows += [[None, None, sum(secs), f'{s.mean():.4f} ± {s.std():.4f}'],
+             [None, int((self.fold >= 0).sum()), None, self.score]]
+    index = [f'fold {k}' for k in self.parts] + ['mean ± std', 'out-of-fold']
+    df = pd.DataFrame(rows, index=index, columns=['train', 'valid', 'seconds', self.metric_name])
+    return df.astype({'train': 'Int64', 'valid': 'Int64', 'seconds': float}).round({'seconds': 1})
 
-    def submission(self,
-                   ids, # one id per test item, in the order `test` was given
-                   path, # the CSV to write (atomically)
-                   columns:tuple=('id', 'label'), # the id column's name, then the label's (with `probs`: the classes')
-                   probs:bool=False, # write each class's probability instead of the predicted class's name
-                   thresh:float=0.5, # multi-label: the classes above this, space-separated
-                  ) -> pd.DataFrame:
-        "A Kaggle-style CSV of the fold ensemble's test predictions: class names decoded, or probabilities"
-        p = self.test_preds
-        if p is None: raise ValueError("no test predictions: pass `test` to cross_validate")
-        if isinstance(p, tuple): raise ValueError("several heads: write each one's `test_preds[i]` yourself")
-        if len(ids) != len(p): raise ValueError(f"{len(ids)} ids for {len(p)} test predictions: one id per test item")
-        vocab = list(ifnone(self.vocab, range(p.shape[1])))
-        if probs:
-            names = list(columns[1:]) if len(columns) == 1 + p.shape[1] else [str(v) for v in vocab]
-            df = pd.DataFrame(p.numpy(), columns=names); df.insert(0, columns[0], list(ids))
-        else:
-            t = next(iter(self.parts.values()))['targs']
-            if torch.is_tensor(t) and t.ndim == 2: # multi-hot targets: every class above `thresh`
-                labels = [' '.join(str(vocab[j]) for j in np.flatnonzero(r > thresh)) for r in p.numpy()]
-            else: labels = [vocab[i] for i in p.argmax(1).tolist()]
-            df = pd.DataFrame({columns[0]: list(ids), columns[1]: labels})
-        with atomic_write(path) as tmp: df.to_csv(tmp, index=False)
-        return df
+# %% ../../nbs/53_predict.cv.ipynb #e35e3632
+@patch
+def plot(self:CVResult, figsize=(5, 3)):
+    "Each fold's score, their mean ± std (band) and the out-of-fold score"
+    k, s = list(self.parts), np.array(self.scores, dtype=float)
+    _, ax = plt.subplots(figsize=figsize)
+    ax.plot(k, s, 'o', label='fold')
+    ax.axhspan(s.mean() - s.std(), s.mean() + s.std(), alpha=0.2, label='mean ± std')
+    ax.axhline(self.score, color='C1', ls='--', label='out-of-fold')
+    ax.set_xticks(k); ax.set_xlabel('fold'); ax.set_ylabel(self.metric_name); ax.legend()
+    return ax
 
-    @classmethod
-    def load(cls,
-             path, # the folder `cross_validate(path=...)` wrote
-             metric=None, # rate with this metric instead of the one stored with the folds
-            ) -> CVResult:
-        "The folds run so far into `path`, by this process or others (one per GPU, or on other machines), merged"
-        path = Path(path)
-        if not (path/'cv.pt').is_file():
-            raise ValueError(f"no cross-validation in {path}: cross_validate(path=...) writes cv.pt there first")
-        man, parts = torch.load(path/'cv.pt', weights_only=False), {}
-        for f in sorted(path.glob('fold_*.pt')):
-            p = torch.load(f, weights_only=False)
-            if not torch.equal(p['valid_idx'], man['splits'][p['fold']][1]):
-                raise ValueError(f"{f} was run on other splits than {path/'cv.pt'}: rerun that fold")
-            parts[p['fold']] = p
-        first = next(iter(parts.values()), {})
-        metric = ifnone(metric, first.get('metric'))
-        return cls(man['splits'], parts, metric, first.get('loss_func'), man.get('vocab'), path)
+# %% ../../nbs/53_predict.cv.ipynb #5f1b3053
+@patch
+def submission(self:CVResult,
+               ids, # one id per test item, in the order `test` was given
+               path, # the CSV to write (atomically)
+               columns:tuple=('id', 'label'), # the id column's name, then the label's (with `probs`: the classes')
+               probs:bool=False, # write each class's probability instead of the predicted class's name
+               thresh:float=0.5, # multi-label: the classes above this, space-separated
+              ) -> pd.DataFrame:
+    "A Kaggle-style CSV of the fold ensemble's test predictions: class names decoded, or probabilities"
+    p = self.test_preds
+    if p is None: raise ValueError("no test predictions: pass `test` to cross_validate")
+    if isinstance(p, tuple): raise ValueError("several heads: write each one's `test_preds[i]` yourself")
+    if len(ids) != len(p): raise ValueError(f"{len(ids)} ids for {len(p)} test predictions: one id per test item")
+    vocab = list(ifnone(self.vocab, range(p.shape[1])))
+    if probs:
+        names = list(columns[1:]) if len(columns) == 1 + p.shape[1] else [str(v) for v in vocab]
+        df = pd.DataFrame(p.numpy(), columns=names); df.insert(0, columns[0], list(ids))
+    else:
+        t = next(iter(self.parts.values()))['targs']
+        if torch.is_tensor(t) and t.ndim == 2: # multi-hot targets: every class above `thresh`
+            labels = [' '.join(str(vocab[j]) for j in np.flatnonzero(r > thresh)) for r in p.numpy()]
+        else: labels = [vocab[i] for i in p.argmax(1).tolist()]
+        df = pd.DataFrame({columns[0]: list(ids), columns[1]: labels})
+    with atomic_write(path) as tmp: df.to_csv(tmp, index=False)
+    return df
+
+# %% ../../nbs/53_predict.cv.ipynb #c07a9179
+@patch(cls_method=True)
+def load(cls:CVResult,
+         path, # the folder `cross_validate(path=...)` wrote
+         metric=None, # rate with this metric instead of the one stored with the folds
+        ) -> CVResult:
+    "The folds run so far into `path`, by this process or others (one per GPU, or on other machines), merged"
+    path = Path(path)
+    if not (path/'cv.pt').is_file():
+        raise ValueError(f"no cross-validation in {path}: cross_validate(path=...) writes cv.pt there first")
+    man, parts = torch.load(path/'cv.pt', weights_only=False), {}
+    for f in sorted(path.glob('fold_*.pt')):
+        p = torch.load(f, weights_only=False)
+        if not torch.equal(p['valid_idx'], man['splits'][p['fold']][1]):
+            raise ValueError(f"{f} was run on other splits than {path/'cv.pt'}: rerun that fold")
+        parts[p['fold']] = p
+    first = next(iter(parts.values()), {})
+    metric = ifnone(metric, first.get('metric'))
+    return cls(man['splits'], parts, metric, first.get('loss_func'), man.get('vocab'), path)
 
 # %% ../../nbs/53_predict.cv.ipynb #f4a54ee4
 def _picklable(o):
@@ -194,6 +202,13 @@ def _predict(learn, dl, tta):
         if snaps: return learn.snapshot_preds(dl=dl)
         return learn.get_preds(dl=dl)
 
+def _test_dl(learn, test):
+    "`test` as a loader of this fold's `dls`: images through `test_dl`; a `DeviceDL` with this fold's normalization"
+    if isinstance(test, DeviceDL): return learn.dls.valid.new(test.dataset, shuffle=False, drop_last=False)
+    if isinstance(test, torch.utils.data.DataLoader) or hasattr(test, 'one_batch'): return test
+    return learn.dls.test_dl(test)
+
+# %% ../../nbs/53_predict.cv.ipynb #ea155bd4
 def _versions(model):
     "Each weight's storage address and version counter: they change when anything changes the weights"
     # a step or an in-place edit bumps the counter; a `.data` swap (`EMA` validating on its average) does not, but
@@ -222,12 +237,7 @@ class _LastValid(Callback):
         same = model is learn.model and versions == _versions(model) and len(res[0]) == len(learn.dls.valid_ds)
         return res if same else None
 
-def _test_dl(learn, test):
-    "`test` as a loader of this fold's `dls`: images through `test_dl`; a `DeviceDL` with this fold's normalization"
-    if isinstance(test, DeviceDL): return learn.dls.valid.new(test.dataset, shuffle=False, drop_last=False)
-    if isinstance(test, torch.utils.data.DataLoader) or hasattr(test, 'one_batch'): return test
-    return learn.dls.test_dl(test)
-
+# %% ../../nbs/53_predict.cv.ipynb #3feac761
 def _manifest(path, n, splits, seed, vocab):
     "The splits every fold of a run at `path` uses: written by the first process; every process uses what is on disk"
     f = Path(path)/'cv.pt'
@@ -241,6 +251,7 @@ def _manifest(path, n, splits, seed, vocab):
                          "use another path, or the same settings")
     return man
 
+# %% ../../nbs/53_predict.cv.ipynb #147e9697
 def _run_fold(k, ds, split, make_learner, fit, tta, test, metric, path, seed, dls_kwargs):
     "Train fold `k` and keep its record: validation indices, OOF and test predictions, score, model"
     seed_everything(seed + k)
@@ -266,6 +277,7 @@ def _run_fold(k, ds, split, make_learner, fit, tta, test, metric, path, seed, dl
         with atomic_write(Path(path)/f'fold_{k}.pt') as tmp: torch.save(p, tmp) # last: the fold counts as done
     return p, metric, learn.loss_func
 
+# %% ../../nbs/53_predict.cv.ipynb #dcbee129
 def cross_validate(make_learner, # `make_learner(dls)` → a fresh `Learner` on one fold's loaders
                    data, # `(x, y)`, `(x, (y1, y2, ...))` or a `TensorSet` (see `device_dataset`): the labelled set
                    n_splits:int=5, # folds
