@@ -193,7 +193,8 @@ def mix(self:MixUpCutMix, x:torch.Tensor, # the batch's images (N, ...); (N, C, 
 def _check_soft_targets(cb, yb):
     "Refuse float targets that are no probabilities: regression targets (`RegressionBlock` boxes) mixed as soft labels"
     for i, y in enumerate(yb):
-        if not y.is_floating_point() or isinstance(y, TensorMultiCategory): continue
+        # boxes, points and masks: `mix` refuses them by their type, with the message that names it
+        if not y.is_floating_point() or isinstance(y, (TensorMultiCategory, TensorPoint, TensorMask)): continue
         if ((y < 0) | (y > 1)).any():
             raise ValueError(f"target {i} holds floats outside [0, 1] (regression targets? boxes from fastai's "
                              f"RegressionBlock?): {type(cb).__name__} would blend them as soft labels; it is for class "
