@@ -31,3 +31,23 @@ def _image_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('COMPKIT_CACHE', str(tmp_path_factory.mktemp('image_cache')))
         yield
+
+@pytest.fixture(scope='session')
+def pair():
+    """A small CNN on 28 px digits and an MLP on 16 px digits, the same fixed validation split, each trained once for
+    the session (the prediction and retrieval bands both ensemble them)"""
+    from torch import nn
+    from fastai.layers import Flatten
+    from compkit.datasets import digits
+    from compkit.data import DeviceDataLoaders
+    from compkit.augment import RandomPadCrop
+    from compkit.learner import timm_learner
+    seed_everything(0) # a session fixture is made before the per-test seed: the same start whatever ran before
+    from _nets import tiny_cnn
+    cnn = timm_learner(DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3)]),
+                       tiny_cnn())
+    mlp = timm_learner(DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0),
+                       nn.Sequential(Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
+    for learn in (cnn, mlp):
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 1e-2)
+    return cnn, mlp

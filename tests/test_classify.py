@@ -17,6 +17,7 @@ from compkit.data import DeviceDataLoaders
 from compkit.classify.mixup import MixUp, CutMix, MixUpCutMix
 from compkit.classify.multihead import MultiHeadLoss
 from compkit.classify.metrics import MacroRecall
+from _nets import SmallNet
 
 D = digits(16)
 
@@ -27,18 +28,6 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 VALID_Y = D.y[D.valid_idx]
-
-class SmallNet(nn.Module):
-    "A small CNN with one linear head per entry of `n_outs`: a tensor for one head, a tuple for several"
-    def __init__(self, *n_outs, c_in=1):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c_in, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(),
-                                  nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                                  nn.Flatten())
-        self.heads = nn.ModuleList(nn.Linear(256, n) for n in n_outs)
-    def forward(self, x):
-        f = self.body(x)
-        return self.heads[0](f) if len(self.heads) == 1 else tuple(h(f) for h in self.heads)
 
 def dls_(*ys, vocabs=(), **kw): return DeviceDataLoaders.from_targets(D.x, ys, vocabs=vocabs, valid_idx=D.valid_idx,
                                                                       **{'bs': 64, 'seed': 0, **kw})

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision import tv_tensors
 from PIL import Image
 from scipy.stats import rankdata
-from fastai.vision.all import ImageDataLoaders, Resize, Callback, ConvLayer, Flatten
+from fastai.vision.all import ImageDataLoaders, Resize, Callback
 from fastai.learner import save_model
 from compkit.core import seed_everything
 from compkit.datasets import digits
@@ -34,6 +34,7 @@ from compkit.box.model import box_learner
 from compkit.schedule.snapshot import SnapshotEnsemble # `fit_sgdr_snapshots`
 from compkit.predict.cv import cross_validate, CVResult
 from compkit.schedule.ema import EMA
+from _nets import SmallNet, small_cnn, tiny_cnn
 
 # ---- tta10
 
@@ -64,10 +65,6 @@ def test_box_round_trip_any_scale(scale):
     b = torch.rand(50, 4) * 28; b = torch.cat([b[:, :2].minimum(b[:, 2:]), b[:, :2].maximum(b[:, 2:])], 1)
     tc = TenCrop((28, 28), 26, scale)
     for i in range(10): assert torch.allclose(tc.boxes_from_view(tc.boxes_to_view(b, i), i), b, atol=1e-5)
-
-def tiny_cnn(n_in=1): return nn.Sequential(ConvLayer(n_in, 16, stride=2), ConvLayer(16, 32, stride=2),
-                                           ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                           nn.Linear(64, 10))
 
 @pytest.fixture(scope='module')
 def trained():
@@ -169,20 +166,6 @@ def test_works_with_fastai_image_dataloaders(tmp_path):
 
 # ---- ensembles
 
-@pytest.fixture(scope='module')
-def pair():
-    "A small CNN on 28 px digits and an MLP on 16 px digits, the same fixed validation split"
-    seed_everything(0) # a module fixture is made before the per-test seed: the same start whatever ran before
-    cnn = timm_learner(DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3)]),
-                       nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2),
-                                     ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), Flatten(),
-                                     nn.Linear(64, 10)))
-    mlp = timm_learner(DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0),
-                       nn.Sequential(Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
-    for learn in (cnn, mlp):
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 1e-2)
-    return cnn, mlp
-
 def test_tta_preds_and_fitted_weights(pair):
     cnn, mlp = pair
     with cnn.no_bar(), mlp.no_bar():
@@ -201,11 +184,6 @@ def test_rank_average_of_real_predictions(pair):
     assert torch.allclose(ensemble_preds(preds, [1, 3], 'rank'), torch.tensor(ref, dtype=torch.float), atol=1e-6)
 
 # ---- pseudo-labels
-
-def small_cnn(n_out=10): return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(),
-                                              nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
-                                              nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),
-                                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_out))
 
 @pytest.fixture(scope='module')
 def setup():
@@ -267,17 +245,8 @@ def test_bad_predictions_refused(setup):
 
 CV_D = digits(16)
 
-class CVNet(nn.Module):
-    "A small CNN with one linear head per entry of `n_outs`: a tensor for one head, a tuple for several"
-    def __init__(self, *n_outs, c_in=1):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c_in, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(),
-                                  nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                                  nn.Flatten())
-        self.heads = nn.ModuleList(nn.Linear(128, n) for n in n_outs)
-    def forward(self, x):
-        f = self.body(x)
-        return self.heads[0](f) if len(self.heads) == 1 else tuple(h(f) for h in self.heads)
+def cv_net(*n_outs): return SmallNet(*n_outs, width=16) # half test_classify's width: cross-validation trains k of them
+def cv_learner(dls): return Learner(dls, cv_net(10), metrics=accuracy)
 
 def fit_1(learn, lr=1e-2):
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, lr)
@@ -288,7 +257,7 @@ def cv_preds(learn, dl=None):
 def test_cv_multi_head():
     def head0_accuracy(preds, y1, y2): return accuracy(preds[0], y1)
     loss = MultiHeadLoss([CrossEntropyLossFlat(), CrossEntropyLossFlat()])
-    make = lambda dls: Learner(dls, CVNet(10, 2), loss_func=loss, metrics=head0_accuracy)
+    make = lambda dls: Learner(dls, cv_net(10, 2), loss_func=loss, metrics=head0_accuracy)
     res = cross_validate(make, (CV_D.x, (CV_D.y, CV_D.y % 2)), 3, fit=fit_1, seed=0, test=CV_D.x[:30])
     oof, targs = res.oof, res.targs
     assert isinstance(oof, tuple) and [o.shape for o in oof] == [(len(CV_D.y), 10), (len(CV_D.y), 2)]
@@ -301,7 +270,7 @@ def test_cv_multi_head():
 def test_cv_multi_label_stratified_and_submission(tmp_path):
     pytest.importorskip('iterstrat')
     y = torch.stack([CV_D.y % 2 == 0, CV_D.y < 3, CV_D.y == 7], 1).float()
-    res = cross_validate(lambda dls: Learner(dls, CVNet(3), metrics=accuracy_multi), (CV_D.x, y), 3, fit=fit_1, seed=0,
+    res = cross_validate(lambda dls: Learner(dls, cv_net(3), metrics=accuracy_multi), (CV_D.x, y), 3, fit=fit_1, seed=0,
                          test=CV_D.x[:5], vocab=['even', 'small', 'seven'])
     assert res.oof.shape == (len(y), 3) and ((res.oof >= 0) & (res.oof <= 1)).all()
     for _, v in res.splits: # each label spread evenly over the folds
@@ -327,7 +296,7 @@ def test_cv_boxes_with_tta():
 
 def test_cv_snapshots_per_fold():
     made = []
-    def make(dls): made.append(Learner(dls, CVNet(10), metrics=accuracy)); return made[-1]
+    def make(dls): made.append(Learner(dls, cv_net(10), metrics=accuracy)); return made[-1]
     def fit(learn):
         with learn.no_bar(), learn.no_logging(): learn.fit_sgdr_snapshots(2, 1, 2e-2, 1e-3)
     res = cross_validate(make, CV_D, 3, fit=fit, seed=0, test=CV_D.x[:40])
@@ -340,7 +309,7 @@ def test_cv_snapshots_per_fold():
         assert torch.allclose(res.oof[v], sum(oof) / 2, atol=1e-5) and torch.allclose(tp, sum(test) / 2, atol=1e-5)
 
 def test_cv_folds_run_apart_merge(tmp_path):
-    make = lambda dls: Learner(dls, CVNet(10), metrics=accuracy)
+    make = cv_learner
     kw = dict(n_splits=3, fit=fit_1, seed=3, test=CV_D.x[:20], bs=64)
     whole = cross_validate(make, CV_D, **kw)
     part = cross_validate(make, CV_D, **kw, path=tmp_path, folds=[2]) # as two processes would, one per GPU
@@ -356,7 +325,7 @@ def test_cv_folds_run_apart_merge(tmp_path):
 
 def test_cv_groups_never_straddle():
     groups = torch.arange(len(CV_D.y)) // 20 # runs of 20 consecutive scans
-    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), CV_D, 3, fit=fit_1, seed=0,
+    res = cross_validate(cv_learner, CV_D, 3, fit=fit_1, seed=0,
                          groups=groups)
     for t, v in res.splits: assert not set(groups[t].tolist()) & set(groups[v].tolist())
     assert sorted(torch.cat([v for _, v in res.splits]).tolist()) == list(range(len(CV_D.y)))
@@ -368,8 +337,8 @@ def test_cv_oof_pass_skipped_only_when_weights_unchanged():
         # e.g. a callback loading other weights after the last epoch
         with torch.no_grad(): learn.model.body[0].weight.mul_(1.5)
     for f in (fit_1, fit_then_change):
-        res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), CV_D, 3, fit=f, seed=0)
-        learn = Learner(fold_dataloaders(device_dataset(CV_D), *res.splits[0], seed=0), CVNet(10))
+        res = cross_validate(cv_learner, CV_D, 3, fit=f, seed=0)
+        learn = Learner(fold_dataloaders(device_dataset(CV_D), *res.splits[0], seed=0), cv_net(10))
         learn.model.load_state_dict(res.models[0])
         assert torch.allclose(res.oof[res.splits[0][1]], cv_preds(learn)[0], atol=1e-5)
 
@@ -379,17 +348,17 @@ def test_cv_oof_is_the_fold_model_s_with_ema(final):
     def fit_ema(learn):
         # a slow average (1 epoch, decay 0.99) sits far from the trained weights: the two predict differently
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-2, cbs=EMA(0.99, final=final))
-    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), CV_D, 2, fit=fit_ema, seed=0,
+    res = cross_validate(cv_learner, CV_D, 2, fit=fit_ema, seed=0,
                          test=CV_D.x[:40])
     for k, (t, v) in enumerate(res.splits):
-        learn = Learner(fold_dataloaders(device_dataset(CV_D), t, v, seed=0), CVNet(10))
+        learn = Learner(fold_dataloaders(device_dataset(CV_D), t, v, seed=0), cv_net(10))
         learn.model.load_state_dict(res.models[k]) # the model's own weights, or with `final` the average
         assert torch.allclose(res.oof[v], cv_preds(learn)[0], atol=1e-5)
         assert torch.allclose(res.test_fold_preds[k], cv_preds(learn, learn.dls.test_dl(CV_D.x[:40]))[0], atol=1e-5)
 
 def test_cv_pseudo_labels_on_a_fold():
     "`pseudo_labels` takes the fold ensemble's test predictions; `pseudo_dataloaders` appends to a fold's index view"
-    res = cross_validate(lambda dls: Learner(dls, CVNet(10), metrics=accuracy), (CV_D.x[100:], CV_D.y[100:]), 3,
+    res = cross_validate(cv_learner, (CV_D.x[100:], CV_D.y[100:]), 3,
                          fit=fit_1, seed=0, test=CV_D.x[:100])
     pl = pseudo_labels(res.test_preds, 0.0)
     assert torch.equal(pl.probs, res.test_preds) and torch.equal(pl.y, res.test_preds.argmax(1))
@@ -402,7 +371,7 @@ def test_cv_pseudo_labels_on_a_fold():
 
 def test_cv_test_loader_equals_test_images():
     "`test` as a `DeviceDL` (any loaders' `test_dl`) is predicted with each fold's own normalization, as images are"
-    make = lambda dls: Learner(dls, CVNet(10), metrics=accuracy)
+    make = cv_learner
     kw = dict(n_splits=3, fit=fit_1, seed=0)
     a = cross_validate(make, (CV_D.x[100:], CV_D.y[100:]), test=CV_D.x[:100], **kw)
     other = DeviceDataLoaders.from_tensorset(CV_D, seed=0) # other statistics than any fold's

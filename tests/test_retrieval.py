@@ -11,27 +11,19 @@ from fastai.callback.training import GradientAccumulation
 from fastai.callback.tracker import SaveModelCallback
 from fastai.learner import Learner, load_learner
 from fastai.losses import CrossEntropyLossFlat
-from fastai.layers import ConvLayer, Flatten
-from compkit.core import seed_everything, device_generator
+from compkit.core import device_generator
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders, DeviceDataset, DeviceDL
-from compkit.augment import RandomPadCrop
-from compkit.learner import timm_learner
 from compkit.retrieval.heads import ArcFace, CosFace, TripletLoss, EmbeddingModel, MarginTargets, metric_learner
 from compkit.retrieval.sampling import PKSampler, pk_dataloaders, drop_singletons
 import compkit.retrieval.search as R # and Learner.get_embeddings
 from compkit.retrieval.search import (topk_similar, rank_classes, map_at_k, embeddings, concat_embeddings,
                                       meta_embeddings)
+from _nets import small_cnn
 
 # ---- heads and PK sampling
 
 D = digits(16)
-
-def small_cnn(n_emb=32):
-    return nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1),
-                         nn.BatchNorm2d(64), nn.ReLU(),
-                                              nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),
-                                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_emb))
 
 @pytest.fixture(scope='module')
 def dls(): return DeviceDataLoaders.from_tensorset(D, bs=64, seed=0)
@@ -95,7 +87,7 @@ def test_margin_under_autocast_is_fp32_and_finite():
 # --- the head in a fastai Learner ------------------------------------------------------------------------------------
 
 def test_head_trains_saves_exports_and_predicts(dls, tmp_path):
-    learn = metric_learner(dls, small_cnn(), head=CosFace, path=tmp_path)
+    learn = metric_learner(dls, small_cnn(32), head=CosFace, path=tmp_path)
     w0 = learn.model.head.weight.detach().clone()
     quiet_fit(learn, 3, 1e-2)
     assert not torch.equal(learn.model.head.weight, w0)
@@ -110,7 +102,7 @@ def test_head_trains_saves_exports_and_predicts(dls, tmp_path):
     assert torch.allclose(probs[:len(x)], expected, atol=1e-5)
     # learn.save / learn.load carry the head
     learn.save('cos')
-    fresh = metric_learner(dls, small_cnn(), head=CosFace, path=tmp_path)
+    fresh = metric_learner(dls, small_cnn(32), head=CosFace, path=tmp_path)
     fresh.load('cos')
     assert torch.equal(fresh.model.head.weight, learn.model.head.weight)
     # export / load_learner carry it, with the callback, and predict the same
@@ -142,7 +134,7 @@ class Spy(Callback):
 def test_targets_reach_model_in_training_only_and_compose(dls, tmp_path):
     "lr_find trains with the targets; validation and get_preds without; with GradientAccumulation and SaveModelCallback"
     spy = Spy()
-    learn = metric_learner(dls, small_cnn(), cbs=[spy, GradientAccumulation(128), SaveModelCallback(fname='best')],
+    learn = metric_learner(dls, small_cnn(32), cbs=[spy, GradientAccumulation(128), SaveModelCallback(fname='best')],
                            path=tmp_path)
     with learn.no_bar(), learn.no_logging(): learn.lr_find(num_it=8, show_plot=False)
     assert spy.n_inp[True] == {2}
@@ -155,7 +147,7 @@ def test_targets_reach_model_in_training_only_and_compose(dls, tmp_path):
     assert spy.n_inp[False] == {1}
 
 def test_margin_head_without_callback_is_refused(dls):
-    learn = Learner(dls, EmbeddingModel(small_cnn(), ArcFace(32, 10)), loss_func=CrossEntropyLossFlat())
+    learn = Learner(dls, EmbeddingModel(small_cnn(32), ArcFace(32, 10)), loss_func=CrossEntropyLossFlat())
     with pytest.raises(ValueError, match='MarginTargets'): quiet_fit(learn, 1, method='fit')
 
 # --- PK batches through fit ------------------------------------------------------------------------------------------
@@ -169,7 +161,7 @@ def test_pk_batches_in_fit_with_triplet_loss(dls):
     "Every training batch of a fit is P classes x K images; the triplet model's validation neighbours are right"
     pk = pk_dataloaders(dls, p=8, k=4)
     rec = Batches()
-    learn = metric_learner(pk, small_cnn(), head=None, loss_func=TripletLoss(), cbs=rec)
+    learn = metric_learner(pk, small_cnn(32), head=None, loss_func=TripletLoss(), cbs=rec)
     quiet_fit(learn, 3, 1e-2)
     assert len(rec.ys) == 3 * (len(dls.train_ds) // 32)
     for yb in rec.ys:
@@ -244,7 +236,7 @@ def test_retrieve_from_learners_and_meta_embeddings():
     dls = DeviceDataLoaders.from_tensorset(d, bs=64, seed=0)
     learners = []
     for head in (ArcFace, nn.Linear):
-        learn = metric_learner(dls, small_cnn(), head=head)
+        learn = metric_learner(dls, small_cnn(32), head=head)
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-2)
         learners.append(learn)
     with learners[0].no_bar(): _, classes, targets = learners[0].retrieve(k=5)
@@ -260,20 +252,6 @@ def test_retrieve_from_learners_and_meta_embeddings():
     with pytest.raises(ValueError, match='no labels'): learners[0].retrieve(gallery_dl=dls.test_dl(d.x[:20]))
 
 # ---- embeddings of several learners
-
-@pytest.fixture(scope='module')
-def pair():
-    "A small CNN on 28 px digits and an MLP on 16 px digits, the same fixed validation split"
-    seed_everything(0) # a module fixture is made before the per-test seed: the same start whatever ran before
-    cnn = timm_learner(DeviceDataLoaders.from_tensorset(digits(28), bs=64, seed=0, batch_tfms=[RandomPadCrop(3)]),
-                       nn.Sequential(ConvLayer(1, 16, stride=2), ConvLayer(16, 32, stride=2),
-                                     ConvLayer(32, 64, stride=2), nn.AdaptiveAvgPool2d(1), Flatten(),
-                                     nn.Linear(64, 10)))
-    mlp = timm_learner(DeviceDataLoaders.from_tensorset(digits(16), bs=64, seed=0),
-                       nn.Sequential(Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
-    for learn in (cnn, mlp):
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 1e-2)
-    return cnn, mlp
 
 def test_meta_embeddings_nearest_neighbour(pair):
     "Meta-embeddings of the training images (unaugmented, via test_dl) as a 1-NN index for the validation images"

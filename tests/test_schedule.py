@@ -100,33 +100,32 @@ def test_after_training_survives_and_leaves_the_learner_as_it_was(dls):
         assert s0.keys() == s1.keys() and all(torch.equal(s0[k], s1[k]) if torch.is_tensor(s0[k]) else s0[k] == s1[k]
                                               for k in s0)
 
+def fit_around_find(make_learner, find):
+    "The weights after `fit(1)`, an lr range test if `find`, and `fit(1)` again, of the learner `make_learner()` seeds"
+    learn = make_learner()
+    with quiet(learn), learn.no_logging():
+        learn.fit(1, 1e-3)
+        if find: learn.lr_find_bounds(show_plot=False, num_it=20)
+        learn.fit(1, 1e-3)
+    return weights(learn)
+
 def test_a_fit_after_the_test_is_the_fit_without_it_on_fastai_dataloaders(fastai_dls):
     "python's random (fastai's RandTransforms, the loader's rng), torch's RNG and the weights all come back"
     rng = fastai_dls.train.rng.getstate()
-    def run(find):
+    def make():
         seed_everything(3, deterministic=True); fastai_dls.train.rng.setstate(rng) # a GPU's default kernels vary
-        learn = timm_learner(fastai_dls, small_cnn(3))
-        with quiet(learn), learn.no_logging():
-            learn.fit(1, 1e-3)
-            if find: learn.lr_find_bounds(show_plot=False, num_it=20)
-            learn.fit(1, 1e-3)
-        return weights(learn)
-    assert same(run(False), run(True))
+        return timm_learner(fastai_dls, small_cnn(3))
+    assert same(fit_around_find(make, False), fit_around_find(make, True))
 
 def test_a_fit_after_the_test_is_the_fit_without_it_with_compkit_augmentations():
     """each augmentation's random state drawn ahead (a block of items) comes back too, with the torch and loader
     generators"""
-    def run(find):
+    def make():
         seed_everything(3)
         dls = DeviceDataLoaders.from_tensors(D.x[:320], D.y[:320], bs=64, seed=0,
                                              batch_tfms=[RandomPadCrop(2), RandomFlip(), RandomResizedCrop()])
-        learn = timm_learner(dls, small_cnn())
-        with quiet(learn), learn.no_logging():
-            learn.fit(1, 1e-3)
-            if find: learn.lr_find_bounds(show_plot=False, num_it=20)
-            learn.fit(1, 1e-3)
-        return weights(learn)
-    assert same(run(False), run(True))
+        return timm_learner(dls, small_cnn())
+    assert same(fit_around_find(make, False), fit_around_find(make, True))
 
 # ---- snapshots
 
