@@ -24,7 +24,7 @@ from fastai.callback.progress import ProgressCallback
 # %% auto #0
 __all__ = ['seed_everything', 'draw_seed', 'get_device', 'device_generator', 'atomic_write', 'kept_state', 'rank_world',
            'from_rank0', 'barrier', 'lr_find_or_preds', 'on_fit_exit', 'interactive', 'PlainProgressBar',
-           'PlainMasterBar', 'progress_bar', 'master_bar', 'SilentFitLine']
+           'PlainMasterBar', 'progress_bar', 'master_bar', 'RangeTestLine']
 
 # %% ../nbs/00_core.ipynb #98946f64
 _seedings = 0 # how many times `seed_everything` has run
@@ -227,13 +227,11 @@ def master_bar(gen, # what to iterate over (epochs, models, folds)
 # with fastai's own callback left in place (a subclass of it would be swapped back by `no_bar`)
 fastai.callback.progress.master_bar, fastai.callback.progress.progress_bar = master_bar, progress_bar
 
-class SilentFitLine(Callback):
-    "In a log, one line when a fit that writes no table (`lr_find`, `no_logging`) is done; nothing elsewhere"
-    order = ProgressCallback.order - 1 # sees the logger before fastai's progress callback takes it over
-    def before_fit(self): self.t0, self.silent = time.time(), self.learn.logger is _no_logger
+class RangeTestLine(Callback):
+    "In a log, one line when an lr range test (which writes no table) is done; nothing in a notebook or a terminal"
+    def before_fit(self): self.t0 = time.time()
     def after_fit(self):
-        if not (self.silent and self.learn.train_iter and not interactive()): return
-        what = 'lr range test' if lr_find_or_preds(self.learn) else 'fit'
-        print(f'{what}: {self.learn.train_iter} batches in {format_time(time.time() - self.t0)}', flush=True)
+        if not (lr_find_or_preds(self.learn) and self.learn.train_iter and not interactive()): return
+        print(f'lr range test: {self.learn.train_iter} batches in {format_time(time.time() - self.t0)}', flush=True)
 
-defaults.callbacks.append(SilentFitLine) # in every `Learner`, as fastai adds its `ProgressCallback`
+defaults.callbacks.append(RangeTestLine) # in every `Learner`, as fastai adds its `ProgressCallback`
