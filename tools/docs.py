@@ -1,6 +1,6 @@
-"""Build the docs site from the notebooks, offline (`make docs`): nbdev's own notebook processors (those `nbdev_proc_nbs`
-runs), nbconvert's HTML for the cells and one page template with a sidebar. No notebook cell runs: the pages show the
-stored outputs, and show_doc entries are rendered from the exported modules.
+"""Build the docs site from the notebooks, offline (`make docs`): nbdev's own notebook processors (those
+`nbdev_proc_nbs` runs), nbconvert's HTML for the cells and one page template with a sidebar. No notebook cell runs:
+the pages show the stored outputs, and show_doc entries are rendered from the exported modules.
 Run: python tools/docs.py [OUT_DIR]   (default: settings.ini's doc_path, _docs)"""
 import ast, html, importlib, inspect, json, posixpath, re, shutil, sys
 from functools import partial
@@ -44,16 +44,18 @@ class _BareSig(DocmentText):
 def _md_cell(v):
     "A markdown table cell: `|` escaped (in code spans too) so that `int | None` stays in its cell"
     v = v if isinstance(v, str) else getattr(v, '__name__', str(v))
-    return re.sub(r'`([^`]*)`|\|', lambda m: r'\|' if m[1] is None else f'<code>{html.escape(m[1]).replace("|", "&#124;")}</code>', v)
+    code = lambda t: f'<code>{html.escape(t).replace("|", "&#124;")}</code>'
+    return re.sub(r'`([^`]*)`|\|', lambda m: r'\|' if m[1] is None else code(m[1]), v)
 
 class _ParamTable(DocmentTbl):
     "fastcore's Type/Default/Details table of the docments, its cells escaped by `_md_cell`"
     def __init__(self, obj):
         super().__init__(obj)
-        for d in self.dm.values(): d.update({k: _md_cell(v) for k, v in d.items() if k in self._map and v is not inspect._empty})
+        for d in self.dm.values():
+            d.update({k: _md_cell(v) for k, v in d.items() if k in self._map and v is not inspect._empty})
 
 class TableRenderer(BasicMarkdownRenderer):
-    "nbdev's show_doc markdown, with the bare signature, the docstring, then the parameters as a table (nbdev<2.4's look)"
+    "nbdev's show_doc markdown: the bare signature, the docstring, then the parameters as a table (nbdev<2.4's look)"
     def __init__(self, sym, **kwargs):
         super().__init__(sym, **kwargs)
         self.dm = _BareSig(self.sym, maxline=self.maxline, docstring=False)
@@ -68,17 +70,19 @@ class TableRenderer(BasicMarkdownRenderer):
 
 def module(nb):
     "The module a notebook exports to (its `#|default_exp`), from the directives nbdev took out of its cells"
-    exp = next((c.directives_['default_exp'][0] for c in nb.cells if 'default_exp' in (c.get('directives_') or {})), None)
+    exp = next((c.directives_['default_exp'][0] for c in nb.cells if 'default_exp' in (c.get('directives_') or {})),
+               None)
     return exp and f'{get_config().lib_name}.{exp}'
 
 def _show_doc_calls(cell):
     "The `show_doc(...)` calls a code cell makes"
     trees = cell.parsed_() or []
-    return [t.value for t in trees if isinstance(t, ast.Expr) and getattr(getattr(t.value, 'func', None), 'id', None) == 'show_doc']
+    called = lambda e: getattr(getattr(e, 'func', None), 'id', None)
+    return [t.value for t in trees if isinstance(t, ast.Expr) and called(t.value) == 'show_doc']
 
 class show_docs_from_modules(Processor):
-    """Stands in for nbdev's `exec_show_docs`, which re-runs every import, export and show_doc cell in a kernel (and stops
-    on a cell mixing an import with code that needs earlier cells): each `show_doc(...)` is evaluated against the
+    """Stands in for nbdev's `exec_show_docs`, which re-runs every import, export and show_doc cell in a kernel (and
+    stops on a cell mixing an import with code that needs earlier cells): each `show_doc(...)` is evaluated against the
     notebook's exported module, so no notebook cell runs. A call that cannot be evaluated keeps its stored output."""
     def begin(self):
         self.mod, self.ns = module(self.nb), {}
@@ -93,10 +97,12 @@ class show_docs_from_modules(Processor):
         outs = []
         for c in calls:
             src = ast.get_source_segment(cell.source, c)
-            try: outs.append(dict(output_type='display_data', metadata={}, data={'text/markdown': eval(src, self.ns)._repr_markdown_()}))
+            try: outs.append(dict(output_type='display_data', metadata={},
+                                  data={'text/markdown': eval(src, self.ns)._repr_markdown_()}))
             except Exception as e:
                 if cell.get('outputs'): return
-                raise ValueError(f"{self.nb.path_}: cannot render `{src}` from {self.mod or 'a notebook without #|default_exp'} ({e!r}); "
+                where = self.mod or 'a notebook without #|default_exp'
+                raise ValueError(f"{self.nb.path_}: cannot render `{src}` from {where} ({e!r}); "
                                  "export the symbol, or run the notebook so that the cell keeps its output") from e
         cell.outputs = outs
 
@@ -105,21 +111,25 @@ def join_summary(cell):
     if cell.cell_type == 'markdown' and re.search(r'^#\s', cell.source, re.M):
         while (s := re.sub(r'^(>.*)\n>\s*', r'\1 ', cell.source, count=1, flags=re.M)) != cell.source: cell.source = s
 
-def _documented(cell): return cell.cell_type == 'code' and {'export', 'exports'} & set(cell.directives_) and 'hide' not in cell.directives_
+def _documented(cell):
+    return cell.cell_type == 'code' and {'export', 'exports'} & set(cell.directives_) and 'hide' not in cell.directives_
 
 class add_constant_docs(Processor):
-    """nbdev's `add_show_docs` gives each exported function and class its entry; this gives one to each public constant an
-    exported cell assigns (nbdev puts those in `__all__` too): its name, and its source line with any comment on it"""
+    """nbdev's `add_show_docs` gives each exported function and class its entry; this gives one to each public constant
+    an exported cell assigns (nbdev puts those in `__all__` too): its name, and its source line with any comment on
+    it"""
     def begin(self):
         mod = module(self.nb)
         public = set(getattr(importlib.import_module(mod), '__all__', [])) if mod else set()
         for cell in reversed([c for c in self.nb.cells if _documented(c)]):
             for t in reversed([t for t in cell.parsed_() or [] if isinstance(t, (ast.Assign, ast.AnnAssign))]):
                 targets = t.targets if isinstance(t, ast.Assign) else [t.target]
-                for nm in [n.id for tg in targets for n in ast.walk(tg) if isinstance(n, ast.Name) and n.id in public][::-1]:
+                names = [n.id for tg in targets for n in ast.walk(tg) if isinstance(n, ast.Name) and n.id in public]
+                for nm in names[::-1]:
                     src = '\n'.join(cell.source.splitlines()[t.lineno-1:t.end_lineno])
                     entry = mk_cell('#| echo: false\n#| output: asis\n')
-                    entry.outputs = [dict(output_type='display_data', metadata={}, data={'text/markdown': f'---\n\n### {nm}\n\n```python\n{src}\n```'})]
+                    md = f'---\n\n### {nm}\n\n```python\n{src}\n```'
+                    entry.outputs = [dict(output_type='display_data', metadata={}, data={'text/markdown': md})]
                     self.nb.cells.insert(cell.idx_ + 1, entry)
 
 # A code span after "fastai's" names fastai's symbol (or method of `Learner`), even where compkit has a namesake
@@ -166,10 +176,11 @@ class add_doc_links(Processor):
 def _procs():
     swap = {exec_show_docs: show_docs_from_modules, add_links: add_doc_links}
     procs = [swap.get(p, p) for p in FilterDefaults().procs()]
-    return [join_summary] + procs[:procs.index(add_show_docs)+1] + [add_constant_docs] + procs[procs.index(add_show_docs)+1:]
+    i = procs.index(add_show_docs) + 1
+    return [join_summary] + procs[:i] + [add_constant_docs] + procs[i:]
 
 def _quarto_opts(src):
-    "The Quarto options (`#| echo: false`) that nbdev leaves at the top of a code cell's `src`, and the code without them"
+    "The Quarto options (`#| echo: false`) nbdev leaves at the top of a code cell's `src`, and the code without them"
     lines = src.splitlines(keepends=True)
     n = next((i for i, l in enumerate(lines) if not l.lstrip().startswith('#|')), len(lines))
     # YAML, for a list value (`fig-cap: [a, b]`)
@@ -196,24 +207,28 @@ def _for_nbconvert(nb):
     cells = []
     for c in nb2dict(nb)['cells']:
         c['source'] = ''.join(c['source'])
-        if c['cell_type'] == 'raw' or re.fullmatch(r'\s*<!--.*?-->\s*', c['source'], re.S): continue  # front matter, nbdev's warning
+        # front matter, nbdev's warning
+        if c['cell_type'] == 'raw' or re.fullmatch(r'\s*<!--.*?-->\s*', c['source'], re.S): continue
         if c['cell_type'] == 'code':
             (opts, c['source']), md = _quarto_opts(c['source']), c.setdefault('metadata', {})
             if opts.get('include') == 'false': continue
             if opts.get('output') == 'false': c['outputs'] = []
             if opts.get('echo') == 'false' or not c['source'].strip(): md.setdefault('tags', []).append('remove_input')
-            if opts.get('code-fold') in ('true', 'show'): md.update(code_fold=opts['code-fold'], code_summary=opts.get('code-summary', 'Code'))
+            if opts.get('code-fold') in ('true', 'show'):
+                md.update(code_fold=opts['code-fold'], code_summary=opts.get('code-summary', 'Code'))
             _figures(c, opts)
             c.pop('has_sd', None)
         cells.append(c)
     node = nbformat.reads(json.dumps(dict(nb2dict(nb), cells=cells)), as_version=4)   # reads joins the outputs' lines
-    node, _ = CoalesceStreamsPreprocessor().preprocess(node, {})  # a progress bar's \r-updates end as Jupyter shows them
+    # a progress bar's \r-updates end as Jupyter shows them
+    node, _ = CoalesceStreamsPreprocessor().preprocess(node, {})
     for c in node.cells:
         if c.cell_type == 'code': c.outputs = [o for o in c.outputs if o.output_type != 'stream' or o.text.strip()]
     return node
 
 def _exporter():
-    ex = HTMLExporter(template_name='classic', template_file=str(SITE/'cells.html.j2'), exclude_input_prompt=True, exclude_output_prompt=True)
+    ex = HTMLExporter(template_name='classic', template_file=str(SITE/'cells.html.j2'), exclude_input_prompt=True,
+                      exclude_output_prompt=True)
     ex.register_preprocessor(TagRemovePreprocessor(remove_input_tags={'remove_input'}), enabled=True)
     return ex
 
@@ -224,7 +239,8 @@ def _postprocess(body, page, files, doc_url):
     root = page.root
     body = re.sub(r'(<h[1-6] id=")([^"]*)(")', lambda m: m[1] + _heading_id(m[2]) + m[3], body)
     body = re.sub(r'(class="anchor-link" href="#)([^"]*)(")', lambda m: m[1] + _heading_id(m[2]) + m[3], body)
-    body = body.replace(f'href="{doc_url}', f'href="{root}')                # nbdev's doc links point at the published site
+    # nbdev's doc links point at the published site
+    body = body.replace(f'href="{doc_url}', f'href="{root}')
     def nb_link(m):
         url = urlsplit(m[2])
         if url.scheme or url.netloc or not url.path.endswith('.ipynb'): return m[0]
@@ -236,13 +252,15 @@ def _method_anchors(page, ids):
     "nbdev links every method in its index; one without its own show_doc entry is linked to its class's entry instead"
     def fix(m):
         file, frag = posixpath.normpath(posixpath.join(posixpath.dirname(page.file), m[2])), m[3]
-        if file not in ids or frag in ids[file] or '.' not in frag or frag.rsplit('.', 1)[0] not in ids[file]: return m[0]
+        if file not in ids or frag in ids[file] or '.' not in frag or frag.rsplit('.', 1)[0] not in ids[file]:
+            return m[0]
         return f'{m[1]}{m[2]}#{frag.rsplit(".", 1)[0]}"'
     return re.sub(r'(href=")([^"#:]*\.html)#([^"]+)"', fix, page.html_body)
 
 def _quarto_attrs(md):
     "Quarto's `[text](url){target=\"_blank\" style=...}` (nbdev's source links) as an HTML link"
-    return re.sub(r'\[([^\]]+)\]\(([^)\s]+)\)\{([^}]*)\}', lambda m: f'<a href="{m[2]}" class="{m[1]}-link" {m[3]}>{m[1]}</a>', md)
+    link = lambda m: f'<a href="{m[2]}" class="{m[1]}-link" {m[3]}>{m[1]}</a>'
+    return re.sub(r'\[([^\]]+)\]\(([^)\s]+)\)\{([^}]*)\}', link, md)
 
 def _local_refs(body):
     "Relative `src`/`href` targets in `body` that are files to copy (not pages, anchors or data)"
@@ -275,7 +293,7 @@ def write_search_index(pages, out):
     return index
 
 def build(out=None):
-    "Build the site from the notebooks of the project we are in (nbdev reads its settings.ini) into `out`; returns the pages"
+    "Build the site from the notebooks of the project we are in (nbdev reads its settings.ini) into `out`: the pages"
     cfg = get_config()
     nbs, out = cfg.nbs_path, Path(out or cfg.doc_path)
     doc_url = cfg.doc_host.rstrip('/') + '/' + cfg.doc_baseurl.strip('/') + '/'
@@ -286,13 +304,16 @@ def build(out=None):
         proc = NBProcessor(nbs/rel, _procs())
         mod = module(proc.nb)
         proc.process()
-        fm = yaml.safe_load(proc.nb.cells[0].source.strip().strip('-')) if proc.nb.cells and proc.nb.cells[0].cell_type == 'raw' else {}
+        raw = proc.nb.cells and proc.nb.cells[0].cell_type == 'raw'
+        fm = yaml.safe_load(proc.nb.cells[0].source.strip().strip('-')) if raw else {}
         file = (rel.parent/fm.get('output-file', rel.with_suffix('.html').name)).as_posix()
-        pages.append(SimpleNamespace(source=rel.as_posix(), file=file, title=fm.get('title', rel.stem), description=fm.get('description', ''),
-                                     module=mod, section=section(rel), nb=proc.nb, root='../' * (len(rel.parts) - 1)))
+        pages.append(SimpleNamespace(source=rel.as_posix(), file=file, title=fm.get('title', rel.stem),
+                                     description=fm.get('description', ''), module=mod, section=section(rel),
+                                     nb=proc.nb, root='../' * (len(rel.parts) - 1)))
     files = {p.source: p.file for p in pages}
     order = {s: min(i for i, p in enumerate(pages) if p.section == s) for s in {p.section for p in pages}}
-    sections = [(s, [p for p in pages if p.section == s]) for s in sorted(order, key=lambda s: (s is not None, order[s]))]
+    sections = [(s, [p for p in pages if p.section == s])
+                for s in sorted(order, key=lambda s: (s is not None, order[s]))]
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(SITE), autoescape=jinja2.select_autoescape(['html', 'j2']))
@@ -301,12 +322,14 @@ def build(out=None):
     for p in pages:
         for c in p.nb.cells:
             for o in c.get('outputs', []):
-                if 'text/markdown' in o.get('data', {}): o['data']['text/markdown'] = _quarto_attrs(''.join(o['data']['text/markdown']))
+                if 'text/markdown' in o.get('data', {}):
+                    o['data']['text/markdown'] = _quarto_attrs(''.join(o['data']['text/markdown']))
         p.html_body = _postprocess(ex.from_notebook_node(_for_nbconvert(p.nb))[0], p, files, doc_url)
     ids = {p.file: set(re.findall(r' id="([^"]*)"', p.html_body)) for p in pages}
     for p in pages:
         p.html_body = _method_anchors(p, ids)
-        p.toc = [(int(l), i, re.sub(r'<[^>]+>|¶', '', t).strip()) for l, i, t in re.findall(r'<h([23]) id="([^"]*)">(.*?)</h\1>', p.html_body, re.S)]
+        heads = re.findall(r'<h([23]) id="([^"]*)">(.*?)</h\1>', p.html_body, re.S)
+        p.toc = [(int(l), i, re.sub(r'<[^>]+>|¶', '', t).strip()) for l, i, t in heads]
         desc = markdown2html_mistune(p.description).strip() if p.description else ''
         p.html = tmpl.render(page=dict(vars(p), body=Markup(p.html_body), description_html=Markup(desc)), site=site)
         (out/p.file).parent.mkdir(parents=True, exist_ok=True)
@@ -314,7 +337,8 @@ def build(out=None):
         for ref in _local_refs(p.html_body):
             src, dst = (nbs/p.source).parent/ref, (out/p.file).parent/ref
             if src.is_file(): dst.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(src, dst)
-    (out/'site.css').write_text((SITE/'site.css').read_text() + HtmlFormatter(style='friendly').get_style_defs('.highlight'))
+    css = HtmlFormatter(style='friendly').get_style_defs('.highlight')
+    (out/'site.css').write_text((SITE/'site.css').read_text() + css)
     write_search_index(pages, out)
     return pages
 
