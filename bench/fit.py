@@ -11,6 +11,9 @@ fixed batch (no loader); fastai's DataBlock from PNG files of the same images at
 `num_workers`). On a GPU it runs resnet18 at 128 px and resnet50 at 224 px (`--configs resnet18:224 resnet50:128` for
 the others), batch 128, the digits six times (67 + 17 batches); on a CPU a small model at 32 px, so that CI can
 smoke-test it.
+
+Before them: one optimizer step of each kind on the device and, on the CPU, the loop's own host work per batch (a model
+with next to no compute), which a GPU hides behind its own work only while nothing makes the host wait for it.
 """
 import argparse, os, tempfile, time
 from pathlib import Path
@@ -146,6 +149,31 @@ def opt_steps(archs, device, steps=10, rounds=5):
               f"{ms['fused']:.2f} ms | {ms['foreach']:.2f} ms | {ms['fastai'] / ms['fused']:.1f}x |", flush=True)
     print()
 
+def host_work(reps, repeat=20, bs=32):
+    """ms of host work per batch of a fit whose model has next to no compute (a linear layer on 8 px digits, on the
+    CPU): what the loop itself costs, which a GPU hides behind its own work only while the host is not made to wait"""
+    ts = digits(8)
+    dls = DeviceDataLoaders.from_tensors(ts.x.repeat(repeat, 1, 1, 1), ts.y.repeat(repeat), valid_pct=0.2, bs=bs,
+                                         seed=0, device='cpu')
+    n = len(dls.train) + len(dls.valid)
+    model = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    xb, yb = (t.as_subclass(torch.Tensor) for t in dls.train.one_batch())
+    learner = lambda dls: timm_learner(dls, model(), n_in=1, metrics=[], loss_func=CrossEntropyLossFlat())
+    fixed = DataLoaders(OneBatch((xb, yb), len(dls.train)), OneBatch((xb, yb), len(dls.valid)), device=dls.device)
+    runs = {'a plain torch loop on one batch, fused AdamW': floor_seconds(model(), xb, yb, len(dls.train),
+                                                                          len(dls.valid)),
+            "fastai's loop on one fixed batch (no loader), timm_learner's default optimizer": fit_seconds(
+                learner(fixed), dls.device),
+            "compkit: DeviceDataLoaders + timm_learner's default optimizer": fit_seconds(learner(dls), dls.device)}
+    for f in runs.values(): f()
+    ms = {k: 1e3 * min(f() for _ in range(reps)) / n for k, f in runs.items()}
+    plain = next(iter(ms.values()))
+    print(f"### The loop's own host work (cpu, {torch.get_num_threads()} thread(s), a linear model on 8 px digits, "
+          f"bs {bs}, {n} batches; best of {reps} epochs)\n")
+    print('| run | ms per batch | added to the plain loop |\n|---|---|---|')
+    for k, v in ms.items(): print(f'| {k} | {v:.3f} | {v - plain:.3f} ms |')
+    print()
+
 def main(configs, bs, repeat, reps, max_batches, threads):
     device = get_device()
     torch.set_num_threads(threads or (os.cpu_count() if device.type == 'cuda' else 1))
@@ -156,6 +184,7 @@ def main(configs, bs, repeat, reps, max_batches, threads):
                                  lr=1e-3).opt.defaults.get('fused') else 'foreach'
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     opt_steps(['resnet18', 'resnet50'] if not max_batches else ['resnet10t'], device)
+    host_work(reps, repeat=1 if max_batches else 20)
     where = f'{device} {name}' if device.type == 'cuda' else str(device)
     print(f"### One fit_one_cycle epoch ({where}, {torch.get_num_threads()} thread(s), bs {bs}, fp32; best of "
           f"{reps} epochs after a warm-up)\n")

@@ -181,6 +181,7 @@ class PlainProgressBar(ProgressBar):
         super().__init__(gen, total=total, display=display, leave=leave, parent=parent, master=master, comment=comment)
         self.step = comment # fastai writes the running loss into `comment`: the step's name is kept apart
     def on_iter_begin(self): self.t0 = time.time(); super().on_iter_begin()
+    def update_bar(self, val): pass # a log draws no frames: nothing formatted, the running loss not read
     def on_iter_end(self):
         if self.parent is None and self.master is None and self.step and self.last_v is not None:
             print(f'{self.step}: {self.last_v}/{self.total} in {format_time(time.time() - self.t0)}', flush=True)

@@ -7,15 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 import torch
 from torch import nn
-from fastcore.basics import ifnone
+from fastcore.basics import ifnone, patch
 from fastcore.foundation import L
-from fastai.learner import Learner
+from fastai.learner import Learner, Recorder, AvgLoss, AvgMetric, AvgSmoothLoss, _maybe_item
+from fastai.torch_core import to_detach, find_bs
+from fastai.callback.progress import ProgressCallback
 from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy
 from fastai.data.transforms import Normalize
 from fastai.vision.learner import vision_learner
-# `fine_tune`, `fit_one_cycle`, `lr_find` and progress bars on `Learner`
-import fastai.callback.schedule, fastai.callback.progress
+import fastai.callback.schedule # `fine_tune`, `fit_one_cycle`, `lr_find` on `Learner`
 
 # %% auto #0
 __all__ = ['head_splitter', 'TorchOptimizer', 'TorchAdamW', 'timm_learner']
@@ -31,6 +32,16 @@ def head_splitter(m:nn.Module) -> list:
 def _halves(ps) -> list:
     "`ps` as two torch groups: the >= 2-D parameters, then the 1-D ones (biases, normalization layers)"
     return [{'params': [p for p in ps if (p.ndim <= 1) == one_d]} for one_d in (False, True)]
+
+def _named_hypers(pg:dict, names:dict) -> dict:
+    """fastai's `OptimWrapper.hypers` of torch group `pg` (tuples such as `betas` split, keys renamed by `names`): read
+    a few times a batch, so with a plain type check, not fastcore's `is_listy`, which costs a third of the loop"""
+    res = {}
+    for k, v in pg.items():
+        if k == 'params': continue
+        if isinstance(v, (tuple, list)): res.update({names.get(f'{k}__{i}', f'{k}__{i}'): x for i, x in enumerate(v)})
+        else: res[names.get(k, k)] = v
+    return res
 
 class TorchOptimizer(OptimWrapper):
     """fastai's `OptimWrapper` over torch's `opt`: fastai's groups and hypers; 1-D parameters undecayed unless
@@ -53,7 +64,7 @@ class TorchOptimizer(OptimWrapper):
         if not self.wd_bn_bias:
             for pg in self.opt.param_groups[1::2]: pg['weight_decay'] = 0.
     @property
-    def hypers(self): return super().hypers[::2] # fastai's group i, read from its torch group 2i
+    def hypers(self): return [_named_hypers(pg, self.fwd_map) for pg in self.opt.param_groups[::2]]
     def _set_hyper(self, k, v):
         super()._set_hyper(k, [x for x in v for _ in (0, 1)])
         if k == 'wd': self._no_decay()
@@ -125,3 +136,52 @@ def _use_stats(dls, stats, n_in):
     for dl in dls.loaders:
         for t in dl.after_batch.fs.filter(lambda t: isinstance(t, Normalize)):
             t.mean, t.std = (v.view(1, -1, 1, 1).to(t.mean.device) for v in (mean, std))
+
+# %% ../nbs/15_learner.ipynb #b0b7a4ae
+def _losses_on_host(rec:Recorder):
+    "The running losses `rec` recorded on the device since the last call, brought to the host in one copy"
+    i = next((i for i, l in enumerate(rec.losses) if torch.is_tensor(l) and l.device.type != 'cpu'), len(rec.losses))
+    if i < len(rec.losses): rec.losses[i:] = list(torch.stack(list(rec.losses[i:])).cpu())
+
+@patch
+def accumulate(self:AvgSmoothLoss, learn):
+    "fastai's exponentially weighted running loss, kept on the loss's device"
+    loss = to_detach(learn.loss.mean(), cpu=False)
+    self.val = torch.lerp(loss, self.val if self.count else torch.zeros_like(loss), self.beta)
+    self.count += 1
+
+@patch
+def accumulate(self:AvgLoss, learn):
+    "fastai's loss averaged over the items, summed on the loss's device"
+    bs = find_bs(learn.yb)
+    self.total += learn.to_detach(learn.loss.mean(), cpu=False) * bs
+    self.count += bs
+
+@patch
+def accumulate(self:AvgMetric, learn):
+    "fastai's metric averaged over the items, summed on the predictions' device"
+    bs = find_bs(learn.yb)
+    self.total += learn.to_detach(self.func(learn.pred, *learn.yb), cpu=False) * bs
+    self.count += bs
+
+# %% ../nbs/15_learner.ipynb #1d122f3d
+@patch
+def after_train(self:Recorder):
+    "fastai's: the training metrics logged; first the epoch's running losses brought to the host, in one copy"
+    _losses_on_host(self)
+    self.log += self._train_mets.map(_maybe_item)
+
+@patch
+def after_fit(self:Recorder): _losses_on_host(self) # a fit cut short (an lr range test) ends before `after_train`
+
+class _ShownLoss:
+    "The running loss after a progress bar, read from the device when the bar is drawn"
+    def __init__(self, loss): self.loss = loss
+    def __format__(self, spec): return f'{self.loss.item():.4f}'
+    def __str__(self): return format(self)
+
+@patch
+def after_batch(self:ProgressCallback):
+    "fastai's: the bar moved on, its comment the running loss, read only when the bar is redrawn"
+    self.pbar.update(self.iter + 1)
+    if hasattr(self, 'smooth_loss'): self.pbar.comment = _ShownLoss(self.smooth_loss)

@@ -13,6 +13,7 @@ from compkit.data import DeviceDataLoaders
 from compkit.augment import RandomPadCrop, RandomFlip, RandomResizedCrop, RandomAffine, RandomLighting
 from compkit.learner import timm_learner
 from compkit.classify.mixup import MixUp, CutMix, MixUpCutMix
+from compkit.schedule.ema import EMA
 import compkit.box.data, compkit.predict.tta # DeviceDataLoaders.from_boxes, Learner.tta10
 
 pytestmark = pytest.mark.cuda
@@ -115,3 +116,15 @@ def test_a_fit_step_with_mixing_never_waits_for_the_gpu(cb):
         setattr(cb, name, checked)
     fit(learn)
     assert np.isfinite(learn.recorder.losses).all()
+
+@pytest.mark.parametrize('cbs', [[], [MixUp()], [EMA(0.9)]], ids=['plain', 'mixup', 'ema'])
+def test_no_batch_of_a_fit_waits_for_the_gpu(cbs):
+    """Each batch of a fit, training and validation, under `set_sync_debug_mode('error')`: fastai's running loss and
+    metrics stay on the GPU (read once an epoch), the optimizer is fused, the bar reads nothing in a log"""
+    learn = timm_learner(dls_(batch_tfms=augs()), small_cnn(), cbs=cbs)
+    fit(learn) # constants made on the GPU in the first batch, once
+    def checked(*args, one_batch=learn.one_batch):
+        with no_sync(): return one_batch(*args)
+    learn.one_batch = checked
+    with learn.no_logging(): learn.fit_one_cycle(2, 1e-2)
+    assert np.isfinite(learn.recorder.losses).all() and len(learn.recorder.values) == 2

@@ -2,15 +2,19 @@
 for a GPU: a device tensor handed to fastai's host-side code, a CPU tensor mixed into a device batch and a model left
 on the CPU show there. `HostReads` shows a host read in a per-batch path (on a GPU, a wait for the device) on the CPU.
 The same checks on a real GPU are in `test_cuda.py`."""
-import traceback
+import os, traceback
+from collections import Counter
 import pytest, torch, torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+import torch.utils._pytree as pytree
 from fastai.torch_core import tensor, nested_reorder
 from fastai.learner import _ConstantFunc
 from fastai.layers import Flatten
 from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.training import GradientAccumulation
 import compkit.data
+from compkit.classify import mixup
 from compkit.datasets import digits, digit_boxes
 from compkit.data import DeviceDataLoaders
 from compkit.retrieval.sampling import PKSampler
@@ -18,6 +22,13 @@ from compkit.augment import RandomPadCrop, RandomFlip, RandomResizedCrop, Random
 from compkit.learner import timm_learner
 from compkit.classify.mixup import MixUp, CutMix, MixUpCutMix
 from compkit.predict.tta import TenCrop, _chunk
+from compkit.schedule.ema import EMA
+from compkit.schedule.swa import SWA
+from compkit.schedule.tempering import Tempering
+from compkit.schedule.progressive import ProgressiveResize
+from compkit.box.model import box_learner
+from compkit.retrieval.heads import metric_learner, ArcFace
+from _nets import tiny_cnn
 import compkit.box.data # DeviceDataLoaders.from_boxes
 
 D, B = digits(16), digit_boxes(32, n=200, seed=0)
@@ -98,17 +109,40 @@ aten = torch.ops.aten
 _READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.nonzero.default, aten.masked_select.default,
           aten.equal.default, aten.bincount.default, aten._unique2.default, aten.unique_consecutive.default,
           aten.lift_fresh.default} # the last: a tensor made from Python numbers, on a GPU a blocking copy to it
+_COPIES = {aten._to_copy.default, aten.copy_.default}
+
+def _devices(args, kwargs) -> set:
+    "The device types an op reads from and writes to"
+    ts = [a for a in pytree.tree_leaves((args, kwargs)) if torch.is_tensor(a)]
+    return {t.device.type for t in ts} | ({torch.device(kwargs['device']).type} if kwargs.get('device') else set())
+
+def _zeros(o):
+    "`o` with its `meta` tensors (shapes, no data) replaced by zeros on the host"
+    return torch.zeros(o.shape, dtype=o.dtype) if torch.is_tensor(o) and o.device.type == 'meta' else o
+
+def _in_torch(file) -> bool: return f'{os.sep}torch{os.sep}' in file or file.endswith(f'fastai{os.sep}torch_core.py')
 
 class HostReads(TorchDispatchMode):
-    "Records the ops that make the host wait for a GPU: value reads (`.item()`, `if t`), value-sized results, copies"
-    def __init__(self): super().__init__(); self.seen = []
+    """Records the ops that make the host wait for a GPU: value reads (`.item()`, `if t`), value-sized results, copies
+    between host and device; of `device`'s tensors only, if given. On PyTorch's `meta` device (shapes, no data) they
+    read zeros: a whole fit runs there"""
+    def __init__(self, device=None): super().__init__(); self.device, self.seen, self.sites = device, [], []
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         # indexing by a boolean mask finds the mask's indices on the host
         mask = func.overloadpacket in (aten.index, aten.index_put, aten.index_put_) and any(
             i is not None and i.dtype == torch.bool for i in args[1])
-        if func in _READS or mask:
-            self.seen.append(f"{func.overloadpacket.__name__} at\n{''.join(traceback.format_stack(limit=8)[:-1])}")
-        return func(*args, **(kwargs or {}))
+        copy = func in _COPIES and len(_devices(args, kwargs)) > 1 and not kwargs.get('non_blocking')
+        if not (func in _READS or mask or copy) or self.device not in {None, *_devices(args, kwargs)}:
+            return func(*args, **kwargs)
+        self.seen.append(f"{func.overloadpacket.__name__} at\n{''.join(traceback.format_stack(limit=8)[:-1])}")
+        # the line that asked: outside torch and fastai's tensor subclasses
+        caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if not _in_torch(f.filename))
+        self.sites.append(f'{func.overloadpacket.__name__} in {caller.filename}:{caller.lineno} ({caller.line})')
+        to = torch.device(kwargs.get('device') or args[0].device).type if copy else 'meta' # where the result lies
+        if 'meta' not in _devices(args, {}) or (copy and to == 'meta'): return func(*args, **kwargs)
+        out = func(*pytree.tree_map(_zeros, args), **pytree.tree_map(_zeros, kwargs))
+        return pytree.tree_map(lambda o: o.to(to) if torch.is_tensor(o) else o, out)
 
 @pytest.mark.parametrize('boxes', [False, True])
 def test_a_training_pass_reads_nothing_back(boxes):
@@ -158,3 +192,27 @@ def test_a_per_pixel_loss_of_channels_last_predictions_mixes():
     per_item = lambda t: F.binary_cross_entropy_with_logits(pred, t, reduction='none').mean((1, 2, 3))
     expected = (lam * per_item(y) + (1 - lam) * per_item(y1)).mean()
     assert torch.allclose(cb.mixed_loss(lf, pred, (y,)), expected, atol=1e-6)
+
+# --- a whole fit on the `meta` device: what it reads back per epoch, not per batch ----------------------------------
+
+def _classifier(bs): return timm_learner(meta_dls(bs=bs), tiny_cnn())
+def _box_learner(bs):
+    return box_learner(box_dls(device='meta', bs=bs), nn.Sequential(nn.Conv2d(1, 8, 3, 2), nn.ReLU()))
+def _retrieval_learner(bs): return metric_learner(meta_dls(bs=bs), tiny_cnn(), n_emb=8, head=ArcFace)
+FITS = {'classify': lambda: [], 'MixUp': lambda: [MixUp()], 'CutMix': lambda: [CutMix()],
+        'EMA': lambda: [EMA(0.9)], 'SWA': lambda: [SWA(0.5)],
+        'Tempering': lambda: [Tempering()], 'ProgressiveResize': lambda: [ProgressiveResize({1: 12})],
+        'GradientAccumulation': lambda: [GradientAccumulation(128)]}
+LEARNERS = {**{k: _classifier for k in FITS}, 'boxes': _box_learner, 'retrieval': _retrieval_learner}
+
+@pytest.mark.parametrize('kind', LEARNERS)
+def test_a_fit_reads_back_per_epoch_not_per_batch(kind, monkeypatch):
+    """fastai reads its running loss and validation metrics back at every batch (on a GPU, a wait each): compkit keeps
+    them on the device. A fit's reads, where they happen, are the same for twice the batches"""
+    gen = mixup.device_generator # `meta` has no generator (nor values to draw): torch's default
+    monkeypatch.setattr(mixup, 'device_generator', lambda d, s: None if d.type == 'meta' else gen(d, s))
+    def reads(bs):
+        with HostReads('meta') as r: LEARNERS[kind](bs).fit_one_cycle(2, 1e-3, cbs=FITS.get(kind, list)())
+        return Counter(r.sites)
+    few, more = reads(64), reads(32)
+    assert few == more, f'read back at every batch: {sorted((more - few).keys())}'

@@ -5,7 +5,8 @@
 # %% ../../nbs/42_schedule.swa.ipynb #d48913ce
 from __future__ import annotations
 import torch, torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel, SWALR, update_bn
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, SWALR, update_bn as torch_update_bn
 from fastcore.basics import store_attr, ifnone
 from fastai.torch_core import get_model
 from fastai.callback.core import Callback
@@ -13,7 +14,25 @@ from fastai.callback.schedule import ParamScheduler
 from ..core import lr_find_or_preds, rank_world, on_fit_exit
 
 # %% auto #0
-__all__ = ['SWA']
+__all__ = ['update_bn', 'SWA']
+
+# %% ../../nbs/42_schedule.swa.ipynb #bd401ea0
+def update_bn(batches, # the inputs (a batch's first part)
+              model:nn.Module, # its BatchNorm layers' statistics are replaced
+             ):
+    """torch's `update_bn`: each BatchNorm layer's statistics, the equally weighted mean over `batches`; on a GPU it
+    waits for none of them"""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta, training = [m.momentum for m in bns], model.training
+    for m in bns: m.reset_running_stats()
+    model.train()
+    # torch's sets `momentum=None`, for which BatchNorm reads its batch count back at every batch (on a GPU, a wait);
+    # counted here on the host: the k-th batch is weighted 1/k, the same mean
+    for k, x in enumerate(batches, 1):
+        for m in bns: m.momentum = 1 / k
+        model(x)
+    for m, mom in zip(bns, momenta): m.momentum = mom
+    model.train(training)
 
 # %% ../../nbs/42_schedule.swa.ipynb #69d80bc3
 class SWA(Callback):
