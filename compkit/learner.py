@@ -35,7 +35,7 @@ def _halves(ps) -> list:
 
 def _named_hypers(pg:dict, names:dict) -> dict:
     """fastai's `OptimWrapper.hypers` of torch group `pg` (tuples such as `betas` split, keys renamed by `names`): read
-    a few times a batch, so with a plain type check, not fastcore's `is_listy`, which costs a third of the loop"""
+    a few times a batch, so with a plain type check (fastcore's `is_listy` made it 1/8 of the loop's host work)"""
     res = {}
     for k, v in pg.items():
         if k == 'params': continue
