@@ -46,6 +46,7 @@ HEADLINE = 'compkit DeviceDataLoaders + compkit RandomAffine, RandomLighting'
 def aug_share(size, bs=64, steps=30, device=None):
     """(images/s of the headline loader, its share of a training step): resnet18 steps (bf16 autocast on a GPU, SGD) on
     the loader's batches vs the same steps on one batch made beforehand; the difference is what loading and augmenting
+    adds"""
     device = get_device(device)
     dl = DeviceDataLoaders.from_tensorset(digits(size), bs=bs, seed=0,
                                           device=device, batch_tfms=[RandomAffine(max_rotate=10, max_zoom=1.1),
@@ -80,25 +81,28 @@ def main(sizes, epochs, gpu_sizes, bs=64):
         ts, loaders = digits(size), {}
         # what aug_transforms() draws, less its warp
         compkit = {HEADLINE: [RandomAffine(max_rotate=10, max_zoom=1.1), RandomLighting(0.2)],
-                   'compkit DeviceDataLoaders + compkit RandomFlip, RandomResizedCrop': [RandomFlip(),
-                   RandomResizedCrop(scale=(0.8, 1))], "compkit DeviceDataLoaders + fastai aug_transforms":
-                   aug_transforms(), # kornia as the peer: the same loader, kornia's per-image augmentations in place of
-                   compkit's 'compkit DeviceDataLoaders + kornia RandomHorizontalFlip, RandomAffine, ColorJiggle':
-                       [KorniaAugment( K.AugmentationSequential(K.RandomHorizontalFlip(), K.RandomAffine(10, scale=(1.,
-                                                1.1), p=0.75), K.ColorJiggle(0.2, 0.2, p=0.75)))],
+                   'compkit DeviceDataLoaders + compkit RandomFlip, RandomResizedCrop': [
+                       RandomFlip(), RandomResizedCrop(scale=(0.8, 1))],
+                   "compkit DeviceDataLoaders + fastai aug_transforms": aug_transforms(),
+                   # kornia as the peer: the same loader, kornia's per-image augmentations in place of compkit's
+                   'compkit DeviceDataLoaders + kornia RandomHorizontalFlip, RandomAffine, ColorJiggle': [KorniaAugment(
+                       K.AugmentationSequential(K.RandomHorizontalFlip(), K.RandomAffine(10, scale=(1., 1.1), p=0.75),
+                                                K.ColorJiggle(0.2, 0.2, p=0.75)))],
                    'compkit DeviceDataLoaders + compkit RandomPerspective, ColorJitter, GaussianBlur': [
                        RandomPerspective(0.3), ColorJitter(0.2, 0.2, 0, 0), GaussianBlur(5, (0.1, 2.))],
-                   'compkit DeviceDataLoaders + kornia RandomPerspective, ColorJitter, RandomGaussianBlur':
-                       [KorniaAugment( K.AugmentationSequential(K.RandomPerspective(0.3, p=0.5), K.ColorJitter(0.2, 0.2,
-                                                p=1.), K.RandomGaussianBlur((5, 5), (0.1, 2.), p=0.5)))]}
+                   'compkit DeviceDataLoaders + kornia RandomPerspective, ColorJitter, RandomGaussianBlur': [
+                       KorniaAugment(K.AugmentationSequential(
+                           K.RandomPerspective(0.3, p=0.5), K.ColorJitter(0.2, 0.2, p=1.),
+                           K.RandomGaussianBlur((5, 5), (0.1, 2.), p=0.5)))]}
         for name, tfms in compkit.items():
             loaders[name] = DeviceDataLoaders.from_tensorset(ts, bs=bs, seed=0, batch_tfms=tfms).train
         block = DataBlock((ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
                           splitter=RandomSplitter(0.2, seed=0), item_tfms=Resize(size), batch_tfms=aug_transforms())
         for nw in dict.fromkeys((0, 2, min(16, defaults.cpus))): # 0, 2 and fastai's default
             default = ' (its default here)' if nw == min(16, defaults.cpus) else ''
-            loaders[f'fastai DataBlock (PIL files, Resize, aug_transforms), num_workers={nw}{default}'] =
-        block.dataloaders(root, bs=bs, num_workers=nw, device=get_device()).train mean, std = image_stats(ts.x)
+            name = f'fastai DataBlock (PIL files, Resize, aug_transforms), num_workers={nw}{default}'
+            loaders[name] = block.dataloaders(root, bs=bs, num_workers=nw, device=get_device()).train
+        mean, std = image_stats(ts.x)
         tfm = T.Compose([T.RandomHorizontalFlip(), T.RandomAffine(degrees=10, scale=(1., 1.1)), T.ColorJitter(0.2, 0.2),
                          T.ToDtype(torch.float32, scale=True), T.Normalize(mean.tolist(), std.tolist())])
         loaders['torch DataLoader + torchvision v2 per item, num_workers=0'] = DataLoader(

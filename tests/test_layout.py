@@ -77,3 +77,12 @@ def test_no_line_over_120_characters():
     "A why-comment that long goes on its own line above its code; a long call breaks after a comma in its brackets"
     over = {f: len(ls) for f, ls in long_lines().items()}
     assert not over, f'lines over {W} characters (file: how many): {over}'
+
+def test_every_script_compiles():
+    "The scripts no test imports (benchmarks, tools) still parse: a re-wrapped line must not swallow code into a string"
+    bad = {}
+    for d in ('bench', 'tools', 'tests'):
+        for p in sorted((ROOT/d).rglob('*.py')):
+            try: compile(p.read_text(), str(p), 'exec')
+            except SyntaxError as e: bad[p.relative_to(ROOT).as_posix()] = f'line {e.lineno}: {e.msg}'
+    assert not bad, bad
