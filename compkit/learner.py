@@ -139,8 +139,9 @@ def _use_stats(dls, stats, n_in):
 
 # %% ../nbs/15_learner.ipynb #b0b7a4ae
 def _losses_on_host(rec:Recorder):
-    "The running losses `rec` recorded on the device since the last call, brought to the host in one copy"
-    i = next((i for i, l in enumerate(rec.losses) if torch.is_tensor(l) and l.device.type != 'cpu'), len(rec.losses))
+    "The running losses `rec` recorded on the device since the last call (the list's tail), brought to the host at once"
+    i = len(rec.losses)
+    while i and torch.is_tensor(l := rec.losses[i - 1]) and l.device.type != 'cpu': i -= 1
     if i < len(rec.losses): rec.losses[i:] = list(torch.stack(list(rec.losses[i:])).cpu())
 
 @patch

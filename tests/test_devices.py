@@ -216,3 +216,10 @@ def test_a_fit_reads_back_per_epoch_not_per_batch(kind, monkeypatch):
         return Counter(r.sites)
     few, more = reads(64), reads(32)
     assert few == more, f'read back at every batch: {sorted((more - few).keys())}'
+
+def test_an_lr_range_test_brings_its_losses_to_the_host():
+    "A range test ends its fit early, before `after_train`: its recorded losses come to the host all the same"
+    with HostReads('meta'):
+        learn = _classifier(64)
+        with learn.no_bar(): learn.lr_find(num_it=30, show_plot=False)
+    assert len(learn.recorder.losses) > 5 and all(l.device.type == 'cpu' for l in learn.recorder.losses)
