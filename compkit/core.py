@@ -6,20 +6,18 @@
 from __future__ import annotations
 import glob, os, sys, tempfile, time
 from contextlib import contextmanager
+from functools import wraps
 from pathlib import Path
 import torch, torch.distributed as dist
 from torch import nn
-from fastcore.basics import noop
 from fastai.torch_core import set_seed
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.schedule import LRFinder
 from fastprogress import fastprogress as fp
 from fastprogress.core import IN_NOTEBOOK
 from fastprogress.fastprogress import ProgressBar, MasterBar, ConsoleMasterBar, format_time
-from fastai.imports import noop as _no_logger # what fastai's `no_logging` puts in place (not fastcore's `noop`)
-from fastai.learner import defaults
+from fastai.learner import Learner, defaults
 import fastai.callback.progress
-from fastai.callback.progress import ProgressCallback
 
 # %% auto #0
 __all__ = ['seed_everything', 'draw_seed', 'get_device', 'device_generator', 'atomic_write', 'kept_state', 'rank_world',
@@ -120,52 +118,38 @@ def lr_find_or_preds(learn, # a fastai `Learner`
     return any(isinstance(cb, LRFinder) for cb in learn.cbs) # an `LRFinder` of another name
 
 # %% ../nbs/00_core.ipynb #09730cad
-class _ExitGuard:
-    """A learner's `_with_events` while a fit runs: an exception fastai does not handle runs the restores registered
-    with it"""
-    def __init__(self, learn):
-        self.learn, self.fns, self.catches = learn, [], []
-        # what the layers of fastai's loop around the running one catch: to start, those the guard is put on from
-        # inside (the fit's, or more from `before_train`), each a `_with_events` on the stack with its `ex`
-        code, f = type(learn)._with_events.__code__, sys._getframe()
-        while f is not None:
-            if f.f_code is code: self.catches.append(f.f_locals['ex'])
-            f = f.f_back
-    def __call__(self, f, event_type, ex, final=noop):
-        outer = tuple(self.catches)
-        self.catches.append(ex)
-        try: return type(self.learn)._with_events(self.learn, f, event_type, ex, final)
-        # fastai's control flow, caught further out (GradientAccumulation's `CancelBatchException` from `before_step`,
-        # ShortEpochCallback's `CancelTrainException`, a cancelled fit): the fit goes on, or ends with `after_fit`
-        except outer: raise
-        except BaseException:
-            # as `after_fit` would: a callback switched off for this fit is on again
-            for cb in self.learn.cbs: cb.run = True
-            self.run()
-            raise
-        finally: self.catches.pop()
-    def run(self):
-        "Run the registered restores, the last registered first, and take the guard off the learner"
-        try:
-            while self.fns: self.fns[-1]() # each removes itself
-        finally: self.remove()
-    def remove(self):
-        if self.learn.__dict__.get('_with_events') is self: del self.learn._with_events
-
 def on_fit_exit(learn, # the learner whose fit is running: call from `before_fit`
                 restore, # puts back what the caller changes during the fit
                ):
     """Run `restore` once when the fit now running on `learn` ends: call the result from `after_fit`; an exception
     fastai lets through (a KeyboardInterrupt, an error in any callback), which skips `after_fit`, runs it too"""
-    guard = learn.__dict__.get('_with_events')
-    if not isinstance(guard, _ExitGuard): guard = learn._with_events = _ExitGuard(learn)
+    pending = learn.__dict__.setdefault('_fit_exits', [])
     def once():
-        if once not in guard.fns: return # ran already
-        guard.fns.remove(once)
-        if not guard.fns: guard.remove()
+        if once not in pending: return # ran already
+        pending.remove(once)
+        if not pending: del learn._fit_exits # nothing of it outlives the fit
         restore()
-    guard.fns.append(once)
+    pending.append(once)
     return once
+
+def _running_fit_exits(with_events):
+    """fastai's `Learner._with_events`, which at the fit's level (the outermost, inside the fit's own callbacks) runs
+    the restores `on_fit_exit` holds when an exception leaves it"""
+    @wraps(with_events)
+    def _with_events(self, f, event_type, *args, **kwargs):
+        try: return with_events(self, f, event_type, *args, **kwargs)
+        except BaseException:
+            if event_type == 'fit':
+                for cb in self.cbs: cb.run = True # as `after_fit` would: a callback switched off for the fit is on
+                while self.__dict__.get('_fit_exits'): self._fit_exits[-1]() # the last registered first
+            raise
+    _with_events.runs_fit_exits = True
+    return _with_events
+
+# only an exception that leaves the whole fit has skipped `after_fit`: fastai's control flow (a `CancelBatchException`
+# from `before_step`, a cancelled phase or fit) is caught inside it
+if not getattr(Learner._with_events, 'runs_fit_exits', False):
+    Learner._with_events = _running_fit_exits(Learner._with_events)
 
 # %% ../nbs/00_core.ipynb #b0549f22
 def interactive(file=None, # the stream progress goes to; None: `sys.stdout`

@@ -129,7 +129,7 @@ def test_fastai_control_flow_keeps_the_switch_to_the_fit_end(fastai_cb):
     with learn.no_bar(), learn.no_logging(): learn.fit(3, 3e-3, cbs=[sw, fastai_cb(), log])
     assert {e for e, _ in log.used} == {0, 1, 2} and sw.switch_epoch == 1
     assert all(name == ('BaseLoss' if e == 0 else 'CompositeBoxLoss') for e, name in log.used)
-    assert learn.loss_func is l1 and '_with_events' not in learn.__dict__
+    assert learn.loss_func is l1 and '_fit_exits' not in learn.__dict__
 
 @pytest.mark.parametrize('make, msg', [(lambda: BoxLossSwitch(thresh=90), 'thresh'),
                                        (lambda: BoxLossSwitch(thresh=None, at_epoch=-1), 'at_epoch'),

@@ -285,7 +285,7 @@ def test_an_interrupted_fit_leaves_the_learner_as_a_fresh_one(make, event, epoch
     learn.create_opt(); learn.opt.set_hyper('lr', 1e-3)
     fresh = state(learn) # as a new learner is: loader, transforms, loss, rates, callbacks
     with quiet(learn), learn.no_logging(), pytest.raises(exc): learn.fit(3, 1e-3, cbs=Interrupt(event, epoch, exc))
-    assert state(learn) == fresh and cb.run and '_with_events' not in learn.__dict__
+    assert state(learn) == fresh and cb.run and '_fit_exits' not in learn.__dict__
     # the next fit starts from the loader as it was, and puts it back
     with quiet(learn), learn.no_logging(): learn.fit(3, 1e-3)
     assert state(learn) == fresh
@@ -312,7 +312,7 @@ def test_fastai_control_flow_in_a_fit_puts_nothing_back_before_its_end(make, fas
     learn.create_opt(); learn.opt.set_hyper('lr', 1e-3)
     fresh = state(learn)
     with quiet(learn), learn.no_logging(): learn.fit(3, 1e-3, cbs=[fastai_cb(), steps])
-    assert state(learn) == fresh and '_with_events' not in learn.__dict__
+    assert state(learn) == fresh and '_fit_exits' not in learn.__dict__
     # EMA's average is one of the whole fit, not restarted where a batch skipped its step
     if isinstance(cb, EMA): assert cb.n_updates == steps.n > 0
 
