@@ -134,14 +134,16 @@ def on_fit_exit(learn, # the learner whose fit is running: call from `before_fit
 
 def _running_fit_exits(with_events):
     """fastai's `Learner._with_events`, which at the fit's level (the outermost, inside the fit's own callbacks) runs
-    the restores `on_fit_exit` holds when an exception leaves it"""
+    the restores `on_fit_exit` holds when an exception leaves it, and puts the fit's loss function back"""
     @wraps(with_events)
     def _with_events(self, f, event_type, *args, **kwargs):
+        loss_func = self.loss_func
         try: return with_events(self, f, event_type, *args, **kwargs)
         except BaseException:
             if event_type == 'fit':
                 for cb in self.cbs: cb.run = True # as `after_fit` would: a callback switched off for the fit is on
                 while self.__dict__.get('_fit_exits'): self._fit_exits[-1]() # the last registered first
+                self.loss_func = loss_func # fastai's MixUp swaps its own in while training
             raise
     _with_events.runs_fit_exits = True
     return _with_events
