@@ -29,12 +29,13 @@ def timed(f):
     return time.perf_counter() - t
 
 def timing_snapshots():
-    """Wrap `SnapshotEnsemble._take` to add the seconds of each snapshot to a list: the overhead itself, free of the
-    machine's noise"""
-    spent, take = [], SnapshotEnsemble._take
-    def timed_take(self, i):
-        t = time.perf_counter(); res = take(self, i); spent.append(time.perf_counter() - t); return res
-    SnapshotEnsemble._take = timed_take
+    """Wrap `SnapshotEnsemble._weights` (the copy) and `_keep` (kept in memory or written) to add the seconds of each
+    call to a list: the overhead itself, free of the machine's noise"""
+    spent = []
+    for name in ('_weights', '_keep'):
+        def timed_call(self, *args, f=getattr(SnapshotEnsemble, name)):
+            t = time.perf_counter(); res = f(self, *args); spent.append(time.perf_counter() - t); return res
+        setattr(SnapshotEnsemble, name, timed_call)
     return spent
 
 def main(arch, size, repeats):

@@ -142,16 +142,16 @@ def _running_fit_exits(with_events):
         except BaseException:
             if event_type == 'fit':
                 for cb in self.cbs: cb.run = True # as `after_fit` would: a callback switched off for the fit is on
-                while self.__dict__.get('_fit_exits'): self._fit_exits[-1]() # the last registered first
-                self.loss_func = loss_func # fastai's MixUp swaps its own in while training
+                try:
+                    while self.__dict__.get('_fit_exits'): self._fit_exits[-1]() # the last registered first
+                finally: self.loss_func = loss_func # fastai's MixUp swaps its own in while training
             raise
-    _with_events.runs_fit_exits = True
     return _with_events
 
 # only an exception that leaves the whole fit has skipped `after_fit`: fastai's control flow (a `CancelBatchException`
 # from `before_step`, a cancelled phase or fit) is caught inside it
-if not getattr(Learner._with_events, 'runs_fit_exits', False):
-    Learner._with_events = _running_fit_exits(Learner._with_events)
+# (fastai's own method wrapped, not replaced: a re-run of this cell wraps it afresh)
+Learner._with_events = _running_fit_exits(getattr(Learner._with_events, '__wrapped__', Learner._with_events))
 
 # %% ../nbs/00_core.ipynb #b0549f22
 def interactive(file=None, # the stream progress goes to; None: `sys.stdout`

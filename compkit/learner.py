@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 import torch
 from torch import nn
-from fastcore.basics import ifnone, patch
+from functools import partial
+from fastcore.basics import ifnone
 from fastcore.foundation import L
-from fastai.learner import Learner, Recorder, AvgLoss, AvgMetric, AvgSmoothLoss, _maybe_item
+from fastai.learner import Learner, Recorder, AvgLoss, AvgMetric, AvgSmoothLoss, defaults
 from fastai.torch_core import to_detach, find_bs
 from fastai.callback.progress import ProgressCallback
 from fastai.optimizer import OptimWrapper
@@ -17,9 +18,10 @@ from fastai.metrics import accuracy
 from fastai.data.transforms import Normalize
 from fastai.vision.learner import vision_learner
 import fastai.callback.schedule # `fine_tune`, `fit_one_cycle`, `lr_find` on `Learner`
+from .core import on_fit_exit
 
 # %% auto #0
-__all__ = ['head_splitter', 'TorchOptimizer', 'TorchAdamW', 'timm_learner']
+__all__ = ['head_splitter', 'TorchOptimizer', 'TorchAdamW', 'timm_learner', 'DeviceRecorder', 'DeviceProgress']
 
 # %% ../nbs/15_learner.ipynb #8e4f6eac
 def head_splitter(m:nn.Module) -> list:
@@ -35,7 +37,7 @@ def _halves(ps) -> list:
 
 def _named_hypers(pg:dict, names:dict) -> dict:
     """fastai's `OptimWrapper.hypers` of torch group `pg` (tuples such as `betas` split, keys renamed by `names`): read
-    a few times a batch, so with a plain type check (fastcore's `is_listy` made it 1/8 of the loop's host work)"""
+    a few times a batch, so with a plain type check (fastcore's `is_listy` made it 1/7 of the loop's host work)"""
     res = {}
     for k, v in pg.items():
         if k == 'params': continue
@@ -137,52 +139,77 @@ def _use_stats(dls, stats, n_in):
         for t in dl.after_batch.fs.filter(lambda t: isinstance(t, Normalize)):
             t.mean, t.std = (v.view(1, -1, 1, 1).to(t.mean.device) for v in (mean, std))
 
-# %% ../nbs/15_learner.ipynb #b0b7a4ae
+# %% ../nbs/15_learner.ipynb #5adb2157
 def _losses_on_host(rec:Recorder):
     "The running losses `rec` recorded on the device since the last call (the list's tail), brought to the host at once"
     i = len(rec.losses)
     while i and torch.is_tensor(l := rec.losses[i - 1]) and l.device.type != 'cpu': i -= 1
     if i < len(rec.losses): rec.losses[i:] = list(torch.stack(list(rec.losses[i:])).cpu())
 
-@patch
-def accumulate(self:AvgSmoothLoss, learn):
-    "fastai's exponentially weighted running loss, kept on the loss's device"
-    loss = to_detach(learn.loss.mean(), cpu=False)
-    self.val = torch.lerp(loss, self.val if self.count else torch.zeros_like(loss), self.beta)
-    self.count += 1
-
-@patch
-def accumulate(self:AvgLoss, learn):
-    "fastai's loss averaged over the items, summed on the loss's device"
+def _sum_on_device(met, learn, value):
+    "Add a batch's mean `value` to `met`'s item-weighted total (fastai's `AvgMetric`, `AvgLoss`), on its device"
     bs = find_bs(learn.yb)
-    self.total += learn.to_detach(learn.loss.mean(), cpu=False) * bs
-    self.count += bs
+    met.total += learn.to_detach(value, cpu=False) * bs
+    met.count += bs
 
-@patch
-def accumulate(self:AvgMetric, learn):
-    "fastai's metric averaged over the items, summed on the predictions' device"
-    bs = find_bs(learn.yb)
-    self.total += learn.to_detach(self.func(learn.pred, *learn.yb), cpu=False) * bs
-    self.count += bs
+class _DeviceAvgLoss(AvgLoss):
+    "fastai's `AvgLoss`: the loss averaged over the items, summed on the loss's device"
+    def accumulate(self, learn): _sum_on_device(self, learn, learn.loss.mean())
 
-# %% ../nbs/15_learner.ipynb #1d122f3d
-@patch
-def after_train(self:Recorder):
-    "fastai's: the training metrics logged; first the epoch's running losses brought to the host, in one copy"
-    _losses_on_host(self)
-    self.log += self._train_mets.map(_maybe_item)
+class _DeviceAvgSmoothLoss(AvgSmoothLoss):
+    "fastai's `AvgSmoothLoss`: the exponentially weighted running loss, kept on the loss's device in float32"
+    def accumulate(self, learn):
+        loss = to_detach(learn.loss.mean(), cpu=False).float()
+        self.val = torch.lerp(loss, self.val if self.count else torch.zeros_like(loss), self.beta)
+        self.count += 1
 
-@patch
-def after_fit(self:Recorder): _losses_on_host(self) # a fit cut short (an lr range test) ends before `after_train`
+# %% ../nbs/15_learner.ipynb #f29f449b
+class DeviceRecorder(Recorder):
+    """fastai's `Recorder` (in every `Learner`, as `learn.recorder`), its running loss and metrics kept on the device
+    and read once an epoch"""
+    @property
+    def name(self): return 'recorder'
+    def __init__(self, add_time=True, train_metrics=False, valid_metrics=True, beta=0.98):
+        super().__init__(add_time, train_metrics, valid_metrics, beta)
+        self.loss, self.smooth_loss, self.exits = _DeviceAvgLoss(), _DeviceAvgSmoothLoss(beta=beta), []
+    def before_fit(self):
+        super().before_fit()
+        # `no_bar` and `distrib_ctx` put fastai's own bar back: it becomes compkit's (no state of its own added)
+        bar = getattr(self.learn, 'progress', None)
+        if type(bar) is ProgressCallback: bar.__class__ = DeviceProgress
+        if '_fit_exits' not in self.learn.__dict__: self.exits = [] # no fit running: earlier ones all ended
+        # the losses reach the host however the fit ends (an exception skips `after_fit`)
+        self.exits.append(on_fit_exit(self.learn, partial(_losses_on_host, self)))
+    def after_batch(self):
+        "fastai's, with the `AvgMetric`s summed on the device"
+        if len(self.yb) == 0: return
+        for met in self._train_mets if self.training else self._valid_mets:
+            if type(met).accumulate is not AvgMetric.accumulate: met.accumulate(self.learn)
+            else: _sum_on_device(met, self.learn, met.func(self.pred, *self.yb))
+        if not self.training: return
+        self.lrs.append(self.opt.hypers[-1]['lr'])
+        self.losses.append(self.smooth_loss.value)
+        self.learn.smooth_loss = self.smooth_loss.value
+    def after_train(self): _losses_on_host(self); super().after_train()
+    def after_fit(self): # a fit cut short (an lr range test) ends before `after_train`
+        if self.exits: self.exits.pop()()
 
+# %% ../nbs/15_learner.ipynb #04de916a
 class _ShownLoss:
     "The running loss after a progress bar, read from the device when the bar is drawn"
     def __init__(self, loss): self.loss = loss
     def __format__(self, spec): return f'{self.loss.item():.4f}'
     def __str__(self): return format(self)
 
-@patch
-def after_batch(self:ProgressCallback):
-    "fastai's: the bar moved on, its comment the running loss, read only when the bar is redrawn"
-    self.pbar.update(self.iter + 1)
-    if hasattr(self, 'smooth_loss'): self.pbar.comment = _ShownLoss(self.smooth_loss)
+class DeviceProgress(ProgressCallback):
+    """fastai's `ProgressCallback` (in every `Learner`, as `learn.progress`), reading the running loss when the bar is
+    drawn"""
+    @property
+    def name(self): return 'progress'
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+        if hasattr(self, 'smooth_loss'): self.pbar.comment = _ShownLoss(self.smooth_loss)
+
+# in every `Learner`, in the places of fastai's own
+defaults.callbacks[:] = [{Recorder: DeviceRecorder, ProgressCallback: DeviceProgress}.get(c, c)
+                         for c in defaults.callbacks]

@@ -6,7 +6,7 @@ import numpy as np, pytest, torch
 from torch import nn
 from fastai.vision.all import Flatten
 from fastai.callback.channelslast import ChannelsLast
-import compkit.data
+import compkit.core, compkit.data
 from compkit.core import get_device, seed_everything
 from compkit.datasets import digits, digit_boxes
 from compkit.data import DeviceDataLoaders
@@ -118,9 +118,10 @@ def test_a_fit_step_with_mixing_never_waits_for_the_gpu(cb):
     assert np.isfinite(learn.recorder.losses).all()
 
 @pytest.mark.parametrize('cbs', [[], [MixUp()], [EMA(0.9)]], ids=['plain', 'mixup', 'ema'])
-def test_no_batch_of_a_fit_waits_for_the_gpu(cbs):
+def test_no_batch_of_a_fit_waits_for_the_gpu(cbs, monkeypatch):
     """Each batch of a fit, training and validation, under `set_sync_debug_mode('error')`: fastai's running loss and
     metrics stay on the GPU (read once an epoch), the optimizer is fused, the bar reads nothing in a log"""
+    monkeypatch.setattr(compkit.core, 'interactive', lambda file=None: False) # `pytest -s` in a terminal: as in a log
     learn = timm_learner(dls_(batch_tfms=augs()), small_cnn(), cbs=cbs)
     fit(learn) # constants made on the GPU in the first batch, once
     def checked(*args, one_batch=learn.one_batch):

@@ -10,10 +10,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import torch.utils._pytree as pytree
 from fastai.torch_core import tensor, nested_reorder
 from fastai.learner import _ConstantFunc
+from fastai.callback.core import Callback
 from fastai.layers import Flatten
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.training import GradientAccumulation
-import compkit.data
+import compkit.core, compkit.data
 from compkit.classify import mixup
 from compkit.datasets import digits, digit_boxes
 from compkit.data import DeviceDataLoaders
@@ -209,6 +210,7 @@ LEARNERS = {**{k: _classifier for k in FITS}, 'boxes': _box_learner, 'retrieval'
 def test_a_fit_reads_back_per_epoch_not_per_batch(kind, monkeypatch):
     """fastai reads its running loss and validation metrics back at every batch (on a GPU, a wait each): compkit keeps
     them on the device. A fit's reads, where they happen, are the same for twice the batches"""
+    monkeypatch.setattr(compkit.core, 'interactive', lambda file=None: False) # `pytest -s` in a terminal: as in a log
     gen = mixup.device_generator # `meta` has no generator (nor values to draw): torch's default
     monkeypatch.setattr(mixup, 'device_generator', lambda d, s: None if d.type == 'meta' else gen(d, s))
     def reads(bs):
@@ -223,3 +225,14 @@ def test_an_lr_range_test_brings_its_losses_to_the_host():
         learn = _classifier(64)
         with learn.no_bar(): learn.lr_find(num_it=30, show_plot=False)
     assert len(learn.recorder.losses) > 5 and all(l.device.type == 'cpu' for l in learn.recorder.losses)
+
+def test_an_interrupted_fit_brings_its_losses_to_the_host():
+    "A KeyboardInterrupt skips `after_train` and `after_fit`: the losses recorded on the device come to the host"
+    class Stop(Callback):
+        def after_batch(self):
+            if self.training and self.iter == 3: raise KeyboardInterrupt()
+    with HostReads('meta'):
+        learn = _classifier(64)
+        with learn.no_bar(), learn.no_logging(), pytest.raises(KeyboardInterrupt): learn.fit(1, cbs=Stop())
+    # batches 0 to 2: the Recorder (order 50) records after this callback has stopped the fourth
+    assert len(learn.recorder.losses) == 3 and all(l.device.type == 'cpu' for l in learn.recorder.losses)

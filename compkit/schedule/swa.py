@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch, torch.distributed as dist
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, SWALR, update_bn as torch_update_bn
+from torch.optim.swa_utils import AveragedModel, SWALR
 from fastcore.basics import store_attr, ifnone
 from fastai.torch_core import get_model
 from fastai.callback.core import Callback
@@ -14,15 +14,16 @@ from fastai.callback.schedule import ParamScheduler
 from ..core import lr_find_or_preds, rank_world, on_fit_exit
 
 # %% auto #0
-__all__ = ['update_bn', 'SWA']
+__all__ = ['SWA']
 
 # %% ../../nbs/42_schedule.swa.ipynb #bd401ea0
-def update_bn(batches, # the inputs (a batch's first part)
-              model:nn.Module, # its BatchNorm layers' statistics are replaced
-             ):
+def _update_bn(batches, # the inputs, or tuples of them and their targets (a loader's batches)
+               model:nn.Module, # its BatchNorm layers' statistics are replaced
+              ):
     """torch's `update_bn`: each BatchNorm layer's statistics, the equally weighted mean over `batches`; on a GPU it
     waits for none of them"""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns: return # nothing to measure: no pass over the data
     momenta, training = [m.momentum for m in bns], model.training
     for m in bns: m.reset_running_stats()
     model.train()
@@ -30,7 +31,7 @@ def update_bn(batches, # the inputs (a batch's first part)
     # counted here on the host: the k-th batch is weighted 1/k, the same mean
     for k, x in enumerate(batches, 1):
         for m in bns: m.momentum = 1 / k
-        model(x)
+        model(x[0] if isinstance(x, (list, tuple)) else x)
     for m, mom in zip(bns, momenta): m.momentum = mom
     model.train(training)
 
@@ -77,10 +78,10 @@ class SWA(Callback):
         self.sched = SWALR(self.swa_opt, ifnone(self.swa_lr, lrs), self.anneal_epochs, self.anneal_strategy)
     def _finish(self):
         n_inp = getattr(self.dls, 'n_inp', 1)
-        if n_inp != 1: raise ValueError(f"SWA recomputes BatchNorm statistics with torch's `update_bn`, which feeds "
-                                        f"one input; this data has {n_inp}")
+        if n_inp != 1: raise ValueError(f"SWA recomputes BatchNorm statistics feeding each batch's first input alone "
+                                        f"(as torch's `update_bn` does); this data has {n_inp} inputs")
         # fastai batches are (x, y) tuples: feed the inputs
-        with torch.no_grad(): update_bn((b[0] for b in self.dls.train), self.swa_model)
+        with torch.no_grad(): _update_bn(self.dls.train, self.swa_model)
         _average_over_ranks(self.swa_model.buffers()) # in several processes each measured its own part of the data
         get_model(self.model).load_state_dict(self.swa_model.module.state_dict())
 
