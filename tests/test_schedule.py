@@ -239,8 +239,9 @@ def test_fine_tune_with_mixup_snapshots_and_tempering_in_one_fit(dls, mix):
 def state(learn):
     "What a schedule callback may touch and must put back"
     dl = learn.dls.train
+    # callbacks by name: `no_bar` puts fastai's own bar back, which becomes compkit's at the next fit
     return dict(bs=dl.bs, batch_tfms=id(dl.after_batch.fs), item_tfms=id(dl.after_item.fs), loss=id(learn.loss_func),
-                lrs=[h['lr'] for h in learn.opt.hypers], cbs=sorted(type(c).__name__ for c in learn.cbs),
+                lrs=[h['lr'] for h in learn.opt.hypers], cbs=sorted(c.name for c in learn.cbs),
                 shapes={k: v.shape for k, v in learn.model.state_dict().items()})
 
 @pytest.mark.parametrize('make', [SnapshotEnsemble, lambda: SWA(start_pct=0.25), lambda: Tempering(switch_epoch=1),
