@@ -127,7 +127,7 @@ def on_fit_exit(learn, # the learner whose fit is running: call from `before_fit
     def once():
         if once not in pending: return # ran already
         pending.remove(once)
-        if not pending: del learn._fit_exits # nothing of it outlives the fit
+        if not pending: learn.__dict__.pop('_fit_exits', None) # nothing of it outlives the fit
         restore()
     pending.append(once)
     return once
@@ -142,16 +142,27 @@ def _running_fit_exits(with_events):
         except BaseException:
             if event_type == 'fit':
                 for cb in self.cbs: cb.run = True # as `after_fit` would: a callback switched off for the fit is on
-                try:
-                    while self.__dict__.get('_fit_exits'): self._fit_exits[-1]() # the last registered first
+                try: _call_all(self.__dict__.get('_fit_exits', [])[::-1]) # the last registered first
                 finally: self.loss_func = loss_func # fastai's MixUp swaps its own in while training
             raise
+    _with_events.runs_fit_exits = True
     return _with_events
+
+def _call_all(fns):
+    "Call each of `fns`, whatever an earlier one raises, then raise the first error"
+    errors = []
+    for f in fns:
+        try: f()
+        except Exception as e: errors.append(e)
+    if errors: raise errors[0]
 
 # only an exception that leaves the whole fit has skipped `after_fit`: fastai's control flow (a `CancelBatchException`
 # from `before_step`, a cancelled phase or fit) is caught inside it
-# (fastai's own method wrapped, not replaced: a re-run of this cell wraps it afresh)
-Learner._with_events = _running_fit_exits(getattr(Learner._with_events, '__wrapped__', Learner._with_events))
+# the one fastai method compkit wraps in place (fastai's still runs, unchanged unless an exception leaves the fit);
+# a re-run of this cell wraps fastai's afresh
+_fastai_with_events = Learner._with_events
+if getattr(_fastai_with_events, 'runs_fit_exits', False): _fastai_with_events = _fastai_with_events.__wrapped__
+Learner._with_events = _running_fit_exits(_fastai_with_events)
 
 # %% ../nbs/00_core.ipynb #b0549f22
 def interactive(file=None, # the stream progress goes to; None: `sys.stdout`

@@ -165,21 +165,25 @@ class _DeviceAvgSmoothLoss(AvgSmoothLoss):
 
 # %% ../nbs/15_learner.ipynb #f29f449b
 class DeviceRecorder(Recorder):
-    """fastai's `Recorder` (in every `Learner`, as `learn.recorder`), its running loss and metrics kept on the device
-    and read once an epoch"""
+    "fastai's `Recorder` (as `learn.recorder`, in every `Learner`), its running loss and metrics on the device"
     @property
     def name(self): return 'recorder'
-    def __init__(self, add_time=True, train_metrics=False, valid_metrics=True, beta=0.98):
+    def __init__(self,
+                 add_time:bool=True, # a column of each epoch's time
+                 train_metrics:bool=False, # the metrics on the training set too
+                 valid_metrics:bool=True, # the loss and metrics on the validation set
+                 beta:float=0.98, # the running loss's smoothing
+                ):
         super().__init__(add_time, train_metrics, valid_metrics, beta)
         self.loss, self.smooth_loss, self.exits = _DeviceAvgLoss(), _DeviceAvgSmoothLoss(beta=beta), []
     def before_fit(self):
         super().before_fit()
-        # `no_bar` and `distrib_ctx` put fastai's own bar back: it becomes compkit's (no state of its own added)
+        # `no_bar` and `distrib_ctx` put fastai's own bar back: it becomes compkit's (which adds no state)
         bar = getattr(self.learn, 'progress', None)
         if type(bar) is ProgressCallback: bar.__class__ = DeviceProgress
-        if '_fit_exits' not in self.learn.__dict__: self.exits = [] # no fit running: earlier ones all ended
         # the losses reach the host however the fit ends (an exception skips `after_fit`)
-        self.exits.append(on_fit_exit(self.learn, partial(_losses_on_host, self)))
+        def to_host(): self.exits.remove(done); _losses_on_host(self)
+        self.exits.append(done := on_fit_exit(self.learn, to_host))
     def after_batch(self):
         "fastai's, with the `AvgMetric`s summed on the device"
         if len(self.yb) == 0: return
@@ -192,7 +196,7 @@ class DeviceRecorder(Recorder):
         self.learn.smooth_loss = self.smooth_loss.value
     def after_train(self): _losses_on_host(self); super().after_train()
     def after_fit(self): # a fit cut short (an lr range test) ends before `after_train`
-        if self.exits: self.exits.pop()()
+        if self.exits: self.exits[-1]() # this fit's (a `validate` inside a fit has its own)
 
 # %% ../nbs/15_learner.ipynb #04de916a
 class _ShownLoss:
@@ -202,11 +206,11 @@ class _ShownLoss:
     def __str__(self): return format(self)
 
 class DeviceProgress(ProgressCallback):
-    """fastai's `ProgressCallback` (in every `Learner`, as `learn.progress`), reading the running loss when the bar is
-    drawn"""
+    "fastai's `ProgressCallback` (as `learn.progress`, in every `Learner`), reading the loss when the bar is drawn"
     @property
     def name(self): return 'progress'
     def after_batch(self):
+        "fastai's: the bar moved on, the running loss its comment, read from the device only when the bar is redrawn"
         self.pbar.update(self.iter + 1)
         if hasattr(self, 'smooth_loss'): self.pbar.comment = _ShownLoss(self.smooth_loss)
 

@@ -236,3 +236,4 @@ def test_an_interrupted_fit_brings_its_losses_to_the_host():
         with learn.no_bar(), learn.no_logging(), pytest.raises(KeyboardInterrupt): learn.fit(1, cbs=Stop())
     # batches 0 to 2: the Recorder (order 50) records after this callback has stopped the fourth
     assert len(learn.recorder.losses) == 3 and all(l.device.type == 'cpu' for l in learn.recorder.losses)
+    assert learn.recorder.exits == [] and '_fit_exits' not in learn.__dict__ # nothing of the fit left (to pickle)
