@@ -10,10 +10,10 @@ Times are the best of `reps` rounds, the methods taking turns within a round (th
 """
 import argparse, tempfile, time
 from pathlib import Path
-import numpy as np, torch
+import torch
 from PIL import Image
 from fastai.data.block import DataBlock, CategoryBlock
-from fastai.data.transforms import IndexSplitter, get_image_files, parent_label, Normalize
+from fastai.data.transforms import IndexSplitter, parent_label, Normalize
 from fastai.vision.data import ImageBlock
 from fastai.vision.core import PILImageBW
 from compkit.core import seed_everything

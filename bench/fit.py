@@ -28,7 +28,6 @@ from fastai.vision.data import ImageBlock
 from fastai.vision.core import PILImageBW
 from fastai.optimizer import Adam
 from fastai.losses import CrossEntropyLossFlat
-from fastai.torch_core import defaults
 from compkit.core import get_device
 from compkit.datasets import digits
 from compkit.data import DeviceDataLoaders

@@ -33,7 +33,7 @@ def pil_loop(paths, size):
 
 def child(mode, folder, size, cache_dir):
     "Run one `mode` in this (fresh) process; print its seconds and peak RSS above the RSS after imports, as JSON"
-    import torch
+    import torch # loaded before the baseline below, as the modes measured import it
     from compkit.ingest import load_images
     paths = sorted(Path(folder).glob('*.jpg'))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch, torch.distributed as dist
 from torch import nn
 from fastai.torch_core import set_seed
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback
 from fastai.callback.schedule import LRFinder
 from fastprogress import fastprogress as fp
 from fastprogress.core import IN_NOTEBOOK
@@ -156,10 +156,9 @@ def _call_all(fns):
         except Exception as e: errors.append(e)
     if errors: raise errors[0]
 
-# only an exception that leaves the whole fit has skipped `after_fit`: fastai's control flow (a `CancelBatchException`
-# from `before_step`, a cancelled phase or fit) is caught inside it
-# the one fastai method compkit wraps in place (fastai's still runs, unchanged unless an exception leaves the fit);
-# a re-run of this cell wraps fastai's afresh
+# the one fastai method compkit wraps in place; fastai's still runs, unchanged unless an exception leaves the whole fit
+# (only such an exception has skipped `after_fit`: fastai's own control flow is caught inside). A re-run of this cell
+# wraps fastai's afresh
 _fastai_with_events = Learner._with_events
 if getattr(_fastai_with_events, 'runs_fit_exits', False): _fastai_with_events = _fastai_with_events.__wrapped__
 Learner._with_events = _running_fit_exits(_fastai_with_events)

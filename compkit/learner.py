@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 import torch
 from torch import nn
-from functools import partial
 from fastcore.basics import ifnone
 from fastcore.foundation import L
 from fastai.learner import Learner, Recorder, AvgLoss, AvgMetric, AvgSmoothLoss, defaults

@@ -7,7 +7,7 @@ from unittest import mock
 from PIL import Image
 from fastai.vision.all import (Learner, Callback, CancelFitException, accuracy, accuracy_multi, CrossEntropyLossFlat,
                                FocalLossFlat, LabelSmoothingCrossEntropyFlat, BCEWithLogitsLossFlat, MSELossFlat,
-                               TensorImage, TensorCategory, TensorMultiCategory, TensorBBox, CategoryMap,
+                               TensorImage, TensorCategory, TensorMultiCategory, TensorBBox,
                                GradientAccumulation, MixedPrecision, ClassificationInterpretation, load_learner,
                                ImageDataLoaders, Resize, to_float)
 from fastai.callback.mixup import MixUp as FastaiMixUp

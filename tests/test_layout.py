@@ -2,7 +2,6 @@
 line over 120 characters in the code people read."""
 import ast, json, re
 from pathlib import Path
-import pytest
 
 ROOT = Path(__file__).parents[1]
 

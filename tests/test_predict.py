@@ -5,7 +5,7 @@ loaders, retraining, PK on top).
 Cross-validation with real fastai training: multi-head, multi-label and box targets, snapshots and TTA per fold,
 folds run apart and merged, pseudo-labels from the fold ensemble."""
 import itertools, os, subprocess, sys, warnings
-import numpy as np, pytest, torch, torch.nn.functional as F
+import pytest, torch
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torchvision import tv_tensors
@@ -31,7 +31,7 @@ from compkit.folds import device_dataset, fold_dataloaders
 from compkit.classify.multihead import MultiHeadLoss
 from compkit.box.ops import paired_box_iou
 from compkit.box.model import box_learner
-from compkit.schedule.snapshot import SnapshotEnsemble # `fit_sgdr_snapshots`
+import compkit.schedule.snapshot # `Learner.fit_sgdr_snapshots`
 from compkit.predict.cv import cross_validate, CVResult
 from compkit.schedule.ema import EMA
 from _nets import SmallNet, small_cnn, tiny_cnn

@@ -5,9 +5,7 @@
 # %% ../../nbs/31_box.losses.ipynb #74deee15
 from __future__ import annotations
 from functools import partial
-import torch
 from torch import nn, Tensor
-import torch.nn.functional as F
 from fastcore.basics import store_attr, ifnone
 from fastai.learner import AvgMetric, Recorder
 from fastai.callback.core import Callback

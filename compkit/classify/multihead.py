@@ -4,7 +4,7 @@
 
 # %% ../../nbs/21_classify.multihead.ipynb #79138040
 from __future__ import annotations
-import torch, timm
+import timm
 from torch import nn
 from fastcore.basics import getcallable
 from fastai.layers import NoneReduce

@@ -5,13 +5,12 @@
 # %% ../../nbs/41_schedule.snapshot.ipynb #ea7f8278
 from __future__ import annotations
 import itertools
-from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from fastcore.basics import patch, store_attr, ifnone, noop, getcallable
 from fastcore.foundation import L
 from fastai.torch_core import get_model, find_bs
-from fastai.learner import Learner, Recorder, save_model, load_model
+from fastai.learner import Learner, Recorder, load_model
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
 from ..core import kept_state, lr_find_or_preds, atomic_write, rank_world, barrier, from_rank0
